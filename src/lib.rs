@@ -1,0 +1,1 @@
+//! rqmgr: a drop-in replacement for Postfix's queue manager, qmgr(8).
