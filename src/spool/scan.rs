@@ -1,0 +1,178 @@
+//! Queue scanners (`qmgr/qmgr_scan.c`, `global/mail_scan_dir.c`): walk one
+//! queue directory in readdir order, descending into one-character (hash)
+//! subdirectories, and return candidate queue ids one at a time. A scan
+//! requested while one runs results in exactly one more complete pass.
+
+use std::fs::ReadDir;
+use std::path::PathBuf;
+
+/// Scan request flags (`qmgr/qmgr.h`), OR-ed into a scanner's current and
+/// next run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanFlags(pub u32);
+
+impl ScanFlags {
+    /// Start a scan (or one more pass after the current one).
+    pub const START: ScanFlags = ScanFlags(1);
+    /// Ignore file time stamps ("not yet" files are fed too).
+    pub const ALL: ScanFlags = ScanFlags(2);
+    /// Revive dead transports and destinations before scanning (`F` trigger).
+    pub const FLUSH_ONCE: ScanFlags = ScanFlags(4);
+    /// Ignore `defer_transports` for messages of this scan.
+    pub const FLUSH_DFXP: ScanFlags = ScanFlags(8);
+    /// Revive dead destinations per message (the g+r file bit).
+    pub const FLUSH_EACH: ScanFlags = ScanFlags(16);
+    /// Expire the message now (the g+x file bit).
+    pub const FORCE_EXPIRE: ScanFlags = ScanFlags(32);
+
+    /// True if every bit of `other` is set.
+    pub fn contains(self, other: ScanFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// True if no bit is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for ScanFlags {
+    type Output = ScanFlags;
+    fn bitor(self, rhs: ScanFlags) -> ScanFlags {
+        ScanFlags(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for ScanFlags {
+    fn bitor_assign(&mut self, rhs: ScanFlags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// One queue's scanner: the flags of the run in progress, the flags of the
+/// next run, and the open directories of the walk.
+#[derive(Debug)]
+pub struct Scanner {
+    queue: &'static str,
+    flags: ScanFlags,
+    nflags: ScanFlags,
+    walk: Option<Vec<(PathBuf, ReadDir)>>,
+}
+
+impl Scanner {
+    /// A scanner for `queue` (a directory relative to the queue directory).
+    pub fn new(queue: &'static str) -> Scanner {
+        Scanner {
+            queue,
+            flags: ScanFlags::default(),
+            nflags: ScanFlags::default(),
+            walk: None,
+        }
+    }
+
+    /// The queue this scanner walks.
+    pub fn queue(&self) -> &'static str {
+        self.queue
+    }
+
+    /// The flags of the run in progress.
+    pub fn flags(&self) -> ScanFlags {
+        self.flags
+    }
+
+    /// True while a run is in progress.
+    pub fn in_progress(&self) -> bool {
+        self.walk.is_some()
+    }
+
+    /// Requests a scan with `flags` (`qmgr_scan_request`). `ALL` and
+    /// `FLUSH_DFXP` also apply to the run in progress. The caller handles
+    /// `FLUSH_ONCE` (reviving dead transports and queues).
+    pub fn request(&mut self, flags: ScanFlags) {
+        if self.walk.is_some() {
+            self.flags.0 |= flags.0 & (ScanFlags::ALL.0 | ScanFlags::FLUSH_DFXP.0);
+        }
+        self.nflags |= flags;
+        if self.walk.is_none() && flags.contains(ScanFlags::START) {
+            self.nflags.0 &= !ScanFlags::START.0;
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        self.flags = self.nflags;
+        self.nflags = ScanFlags::default();
+        let mut stack = Vec::new();
+        match std::fs::read_dir(self.queue) {
+            Ok(rd) => stack.push((PathBuf::from(self.queue), rd)),
+            Err(e) => tracing::warn!(
+                "open directory {}: {}",
+                self.queue,
+                crate::log::errno_text(&e)
+            ),
+        }
+        self.walk = Some(stack);
+    }
+
+    /// The next candidate queue id, or `None` when the run is over and no
+    /// further run was requested (`qmgr_scan_next`).
+    pub fn next(&mut self) -> Option<String> {
+        if self.walk.is_some() {
+            if let Some(id) = self.walk_next() {
+                return Some(id);
+            }
+            self.walk = None;
+        }
+        if self.nflags.contains(ScanFlags::START) {
+            self.start();
+            let id = self.walk_next();
+            if id.is_none() {
+                self.walk = None;
+            }
+            return id;
+        }
+        None
+    }
+
+    fn walk_next(&mut self) -> Option<String> {
+        let stack = self.walk.as_mut()?;
+        loop {
+            let (dir, rd) = stack.last_mut()?;
+            match rd.next() {
+                None => {
+                    stack.pop();
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "read directory {}: {}",
+                        dir.display(),
+                        crate::log::errno_text(&e)
+                    );
+                    stack.pop();
+                }
+                Some(Ok(entry)) => {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.len() == 1 {
+                        let sub = dir.join(name);
+                        match std::fs::read_dir(&sub) {
+                            Ok(rd) => stack.push((sub, rd)),
+                            Err(e) => {
+                                if e.kind() != std::io::ErrorKind::NotFound
+                                    && e.raw_os_error() != Some(libc::ENOTDIR)
+                                {
+                                    tracing::warn!(
+                                        "open directory {}: {}",
+                                        sub.display(),
+                                        crate::log::errno_text(&e)
+                                    );
+                                }
+                            }
+                        }
+                    } else {
+                        return Some(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
