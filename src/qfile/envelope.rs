@@ -1,0 +1,721 @@
+//! Reading a queue file the way qmgr does (`qmgr/qmgr_message.c:
+//! qmgr_message_read`): the envelope and extracted segments, skipping the
+//! content, in batches of at most `limit` recipients; recipients already
+//! marked done (`D`) or cancelled (`/`) are skipped. Non-recipient records
+//! are taken from the first read; later reads resume at the saved offset.
+
+use super::record::{rec, RecordReader};
+use crate::log::addr;
+use std::io::{Read, Seek};
+
+/// `C` record flag bit 0: recipients are mixed with other records, so the
+/// whole file must be read before it can be trusted (`global/qmgr_user.h`).
+pub const READ_FLAG_MIXED_RCPT_OTHER: u32 = 1;
+/// DSN NOTIFY=SUCCESS for some recipient (`DSN_NOTIFY_SUCCESS << 1`).
+pub const READ_FLAG_NOTIFY_SUCCESS: u32 = 2 << 1;
+/// The flags a `C` record may carry (`QMGR_READ_FLAG_USER`).
+const READ_FLAG_USER: u32 = 1 | (1 << 1) | (2 << 1) | (4 << 1) | (8 << 1);
+/// Private flag: every non-recipient record has been seen.
+const READ_FLAG_SEEN_ALL_NON_RCPT: u32 = 1 << 16;
+
+/// Delivery flags carried in the `trace_flags` attribute (`global/deliver_request.h`).
+pub mod del_flag {
+    pub const SUCCESS: u32 = 1;
+    pub const BOUNCE: u32 = 2;
+    pub const DEFLT: u32 = SUCCESS | BOUNCE;
+    pub const MTA_VRFY: u32 = 256;
+    pub const USR_VRFY: u32 = 512;
+    pub const RECORD: u32 = 1024;
+    pub const CONN_LOAD: u32 = 2048;
+    pub const CONN_STORE: u32 = 4096;
+    pub const REC_DLY_SENT: u32 = 8192;
+    /// The bits that are trace flags (`DEL_REQ_TRACE_FLAGS_MASK`).
+    pub const TRACE_MASK: u32 = MTA_VRFY | USR_VRFY | RECORD | REC_DLY_SENT;
+    /// Trace without real delivery (`DEL_REQ_TRACE_ONLY_MASK`).
+    pub const TRACE_ONLY_MASK: u32 = MTA_VRFY | USR_VRFY;
+}
+
+/// One recipient as qmgr keeps it (`global/recipient_list.h`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recipient {
+    /// File offset of the recipient's `R` record (for marking it done).
+    pub offset: u64,
+    /// DSN ORCPT (`dsn_orig_rcpt`), or empty.
+    pub dsn_orcpt: Vec<u8>,
+    /// DSN NOTIFY mask, or 0.
+    pub dsn_notify: u32,
+    /// The original recipient (`O` record), or empty.
+    pub orig_rcpt: Vec<u8>,
+    /// The recipient address (possibly rewritten by the resolver later).
+    pub address: Vec<u8>,
+}
+
+/// Everything qmgr takes from a queue file besides recipients, plus the
+/// state needed to read the next batch.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Content size (C field 1), bytes.
+    pub data_size: u64,
+    /// Offset of the first content record (C field 2).
+    pub data_offset: u64,
+    /// Content length logged as `size=` and sent to agents (C field 5, or 1).
+    pub cont_length: u64,
+    /// Recipients not yet read (starts as C field 3).
+    pub rcpt_unread: i64,
+    /// The recipient count of the `C` record, for the `nrcpt=` log field.
+    pub rcpt_total: i64,
+    /// `QMGR_READ_FLAG_*` bits.
+    pub rflags: u32,
+    /// SMTPUTF8 flags (C field 6).
+    pub smtputf8: u32,
+    /// Arrival time (`T` record): seconds, microseconds.
+    pub arrival: (i64, i64),
+    /// `create_time` attribute, or the arrival seconds.
+    pub create_time: i64,
+    /// Envelope sender (empty = null sender); `None` until read.
+    pub sender: Option<Vec<u8>>,
+    /// Content filter `transport:nexthop` (`L` record, last wins).
+    pub filter: Option<Vec<u8>>,
+    /// Inspection transport (`I` record).
+    pub inspect: Option<Vec<u8>>,
+    /// Redirect address (`>` record).
+    pub redirect: Option<Vec<u8>>,
+    /// `encoding` attribute.
+    pub encoding: Vec<u8>,
+    /// DSN ENVID.
+    pub dsn_envid: Vec<u8>,
+    /// DSN RET (0, 1 FULL, 2 HDRS).
+    pub dsn_ret: u32,
+    pub client_name: Option<Vec<u8>>,
+    pub client_addr: Option<Vec<u8>>,
+    pub client_port: Option<Vec<u8>>,
+    pub client_proto: Option<Vec<u8>>,
+    pub client_helo: Option<Vec<u8>>,
+    pub sasl_method: Option<Vec<u8>>,
+    pub sasl_username: Option<Vec<u8>>,
+    pub sasl_sender: Option<Vec<u8>>,
+    pub log_ident: Option<Vec<u8>>,
+    pub rewrite_context: Option<Vec<u8>>,
+    /// Trace flags (`trace_flags` attribute, masked).
+    pub tflags: u32,
+    /// Offset of the `trace_flags` attribute when it is exactly RECORD.
+    pub tflags_offset: u64,
+    /// Offset of the `W` record, 0 if none.
+    pub warn_offset: u64,
+    /// Next delay-warning time (seconds), 0 = none, negative = sent.
+    pub warn_time: i64,
+    /// VERP delimiters (two characters).
+    pub verp_delims: Option<Vec<u8>>,
+    /// Where the next batch starts; 0 = no more recipients to read.
+    pub rcpt_offset: u64,
+}
+
+/// Why a queue file was rejected: the message goes to the corrupt queue.
+/// Warnings have been logged already.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue file rejected")]
+pub struct Rejected;
+
+/// Options that affect how records are interpreted.
+#[derive(Debug, Clone)]
+pub struct ReadOptions<'a> {
+    /// The queue the file is in (for the `(queue active)` log text).
+    pub queue: &'a str,
+    /// `verp_delimiter_filter`: characters allowed as VERP delimiters.
+    pub verp_filter: &'a [u8],
+    /// `confirm_delay_cleared`.
+    pub confirm_delay_cleared: bool,
+}
+
+fn is_digits(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(u8::is_ascii_digit)
+}
+
+fn atol(s: &[u8]) -> i64 {
+    let s = String::from_utf8_lossy(s);
+    let t = s.trim_start();
+    let end = t
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+        .map_or(t.len(), |(i, _)| i);
+    t[..end].parse().unwrap_or(0)
+}
+
+/// Parses `name=value` as `split_nameval` does.
+fn split_attr(data: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    let trim = |s: &[u8]| -> (usize, usize) {
+        let start = s
+            .iter()
+            .position(|c| !c.is_ascii_whitespace())
+            .unwrap_or(s.len());
+        let end = s
+            .iter()
+            .rposition(|c| !c.is_ascii_whitespace())
+            .map_or(start, |e| e + 1);
+        (start, end.max(start))
+    };
+    let (s, _) = trim(data);
+    let rest = &data[s..];
+    let name_end = rest
+        .iter()
+        .position(|&c| c == b'=' || c.is_ascii_whitespace())
+        .ok_or("missing '=' after attribute name")?;
+    if name_end == 0 {
+        return Err("missing attribute name");
+    }
+    let name = &rest[..name_end];
+    let after = &rest[name_end..];
+    let (a, _) = trim(after);
+    let after = &after[a..];
+    if after.first() != Some(&b'=') {
+        return Err("missing '=' after attribute name");
+    }
+    let value = &after[1..];
+    let (vs, ve) = trim(value);
+    Ok((name, &value[vs..ve]))
+}
+
+/// Maps the five attribute names that stand for pseudo record types (`rec_attr_map`).
+fn attr_pseudo_type(name: &[u8]) -> Option<u8> {
+    Some(match name {
+        b"dsn_orig_rcpt" => rec::DSN_ORCPT,
+        b"notify_flags" => rec::DSN_NOTIFY,
+        b"envelope_id" => rec::DSN_ENVID,
+        b"ret_flags" => rec::DSN_RET,
+        b"create_time" => rec::CTIME,
+        _ => return None,
+    })
+}
+
+const DSN_NOTIFY_ANY: u32 = 2 | 4 | 8;
+fn dsn_notify_ok(n: u32) -> bool {
+    n == 1 || (n != 0 && n & !DSN_NOTIFY_ANY == 0)
+}
+
+fn set_once(slot: &mut Option<Vec<u8>>, value: &[u8], id: &str, name: &str) {
+    if slot.is_none() {
+        *slot = Some(value.to_vec());
+    } else {
+        tracing::warn!(
+            "{id}: ignoring multiple {name} attribute: {}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+/// Reads the next batch of at most `limit` recipients into `out`
+/// (`limit` > 0). On the first call `env` must be fresh; `env.rcpt_offset`
+/// tells whether more batches remain.
+///
+/// Logs Postfix's warnings and, on first seeing the sender, the
+/// `<id>: from=<...>, size=N, nrcpt=N (queue Q)` line.
+///
+/// Errors: [`Rejected`] for a damaged file (the batch is discarded and the
+/// resume state restored, as qmgr does).
+pub fn read_batch<R: Read + Seek>(
+    file: R,
+    file_len: u64,
+    path: &str,
+    id: &str,
+    env: &mut Envelope,
+    limit: usize,
+    opts: &ReadOptions<'_>,
+    out: &mut Vec<Recipient>,
+) -> Result<(), Rejected> {
+    let mut reader = RecordReader::new(file, file_len);
+    let save_offset = env.rcpt_offset;
+    let save_unread = env.rcpt_unread;
+    let first_read = env.rcpt_offset == 0;
+    if first_read {
+        env.rflags = READ_FLAG_MIXED_RCPT_OTHER;
+    } else if reader.seek(env.rcpt_offset).is_err() {
+        tracing::warn!("{id}: seek file {path} failed");
+        return Err(Rejected);
+    }
+    env.rcpt_offset = 0;
+    let start_len = out.len();
+    let result = read_records(&mut reader, path, id, env, limit.max(1), opts, out);
+    // Postfix's sanity checks, whatever the outcome.
+    if env.rcpt_unread < 0 || (env.rcpt_offset == 0 && env.rcpt_unread != 0) {
+        tracing::warn!("{id}: rcpt count mismatch ({})", env.rcpt_unread);
+        env.rcpt_unread = 0;
+    }
+    let ok = match result {
+        Err(()) => false,
+        Ok(()) if env.arrival.0 == 0 => {
+            tracing::warn!("{id}: message rejected: missing arrival time record");
+            false
+        }
+        Ok(()) if env.sender.is_none() => {
+            tracing::warn!("{id}: message rejected: missing sender record");
+            false
+        }
+        Ok(()) if env.data_offset == 0 => {
+            tracing::warn!("{id}: message rejected: missing size record");
+            false
+        }
+        Ok(()) => true,
+    };
+    if ok {
+        if opts.confirm_delay_cleared && env.warn_time < 0 {
+            env.tflags |= del_flag::REC_DLY_SENT;
+        }
+        if env.create_time == 0 {
+            env.create_time = env.arrival.0;
+        }
+        Ok(())
+    } else {
+        env.rcpt_offset = save_offset;
+        env.rcpt_unread = save_unread;
+        out.truncate(start_len);
+        Err(Rejected)
+    }
+}
+
+fn read_records<R: Read + Seek>(
+    reader: &mut RecordReader<R>,
+    path: &str,
+    id: &str,
+    env: &mut Envelope,
+    limit: usize,
+    opts: &ReadOptions<'_>,
+    out: &mut Vec<Recipient>,
+) -> Result<(), ()> {
+    let mut buf = Vec::with_capacity(256);
+    let mut orig_rcpt: Option<Vec<u8>> = None;
+    let mut dsn_orcpt: Option<Vec<u8>> = None;
+    let mut dsn_notify: u32 = 0;
+    let mut have_log_client_attr = false;
+    let mut batch = 0usize;
+    let mut saved_ptr_offset: u64 = 0;
+    let mut reverse_jumps = 0u32;
+    let seek_err = |what: &str| tracing::warn!("{id}: seek file {path}: {what}");
+
+    let outcome: Result<(), ()> = loop {
+        let mut expected = [rec::ENVELOPE, rec::EXTRACT];
+        let mut expected_slice: &[&[u8]] = &expected[..];
+        let mut curr = reader.pos();
+        if curr == env.data_offset && curr > 0 {
+            if reader.skip(env.data_size).is_err() {
+                seek_err("skip content");
+                break Err(());
+            }
+            curr += env.data_size;
+            expected = [b"X", b""];
+            expected_slice = &expected[..1];
+        }
+        let rtype = match reader.read(&mut buf) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::warn!("{id}: message rejected: missing end record");
+                break Err(());
+            }
+            Err(e) => {
+                tracing::warn!("{path}: {e}");
+                tracing::warn!("{id}: message rejected: missing end record");
+                break Err(());
+            }
+        };
+        if rtype == rec::PTR {
+            // rec_goto: follow a pointer; 0 is a placeholder.
+            let text = String::from_utf8_lossy(&buf);
+            let Ok(offset) = text.trim().parse::<u64>() else {
+                tracing::warn!("{path}: malformed pointer record value: {text}");
+                break Err(());
+            };
+            if offset == 0 {
+                continue;
+            }
+            if offset <= saved_ptr_offset {
+                reverse_jumps += 1;
+                if reverse_jumps > 10000 {
+                    tracing::warn!("{path}: too many reverse jump records");
+                    break Err(());
+                }
+            }
+            if reader.seek(offset).is_err() {
+                tracing::warn!("{path}: seek error after pointer record");
+                break Err(());
+            }
+            saved_ptr_offset = offset;
+            continue;
+        }
+        if !expected_slice.iter().any(|set| set.contains(&rtype)) || rtype == 0 {
+            tracing::warn!(
+                "Unexpected record type '{}' at offset {}",
+                rtype as char,
+                curr
+            );
+            break Err(());
+        }
+        if rtype == rec::END {
+            env.rflags |= READ_FLAG_SEEN_ALL_NON_RCPT;
+            break Ok(());
+        }
+        let mut rtype = rtype;
+        let mut attr: Option<(Vec<u8>, Vec<u8>)> = None;
+        if rtype == rec::ATTR {
+            match split_attr(&buf) {
+                Err(why) => {
+                    tracing::warn!(
+                        "{id}: bad attribute record: {why}: {:.200}",
+                        String::from_utf8_lossy(&buf)
+                    );
+                    break Err(());
+                }
+                Ok((name, value)) => {
+                    if let Some(t) = attr_pseudo_type(name) {
+                        rtype = t;
+                        buf = value.to_vec();
+                    } else {
+                        attr = Some((name.to_vec(), value.to_vec()));
+                    }
+                }
+            }
+        }
+        let data = &buf[..];
+        match rtype {
+            rec::RCPT => {
+                if env.rcpt_offset == 0 {
+                    env.rcpt_unread -= 1;
+                    out.push(Recipient {
+                        offset: curr,
+                        dsn_orcpt: dsn_orcpt.take().unwrap_or_default(),
+                        dsn_notify: std::mem::take(&mut dsn_notify),
+                        orig_rcpt: orig_rcpt.take().unwrap_or_default(),
+                        address: data.to_vec(),
+                    });
+                    batch += 1;
+                    if batch >= limit {
+                        env.rcpt_offset = reader.pos();
+                        if env.rflags & READ_FLAG_SEEN_ALL_NON_RCPT != 0 {
+                            break Ok(());
+                        }
+                        if env.rflags & READ_FLAG_MIXED_RCPT_OTHER != 0 {
+                            continue;
+                        }
+                        if curr > env.data_offset {
+                            env.rflags |= READ_FLAG_SEEN_ALL_NON_RCPT;
+                            break Ok(());
+                        }
+                        if reader.seek(env.data_offset).is_err() {
+                            seek_err("seek to content");
+                            break Err(());
+                        }
+                    }
+                }
+                continue;
+            }
+            rec::DONE | rec::DRCP => {
+                if env.rcpt_offset == 0 {
+                    env.rcpt_unread -= 1;
+                    dsn_orcpt = None;
+                    orig_rcpt = None;
+                    dsn_notify = 0;
+                }
+                continue;
+            }
+            rec::DSN_ORCPT => {
+                if let Some(old) = dsn_orcpt.take() {
+                    tracing::warn!(
+                        "{id}: ignoring out-of-order DSN original recipient address <{:.200}>",
+                        String::from_utf8_lossy(&old)
+                    );
+                }
+                if env.rcpt_offset == 0 {
+                    dsn_orcpt = Some(data.to_vec());
+                }
+                continue;
+            }
+            rec::DSN_NOTIFY => {
+                if dsn_notify != 0 {
+                    tracing::warn!("{id}: ignoring out-of-order DSN notify flags <{dsn_notify}>");
+                    dsn_notify = 0;
+                }
+                if env.rcpt_offset == 0 {
+                    let n = if is_digits(data) { atol(data) } else { 0 };
+                    if n <= 0 || n > u32::MAX as i64 || !dsn_notify_ok(n as u32) {
+                        tracing::warn!(
+                            "{id}: ignoring malformed DSN notify flags <{:.200}>",
+                            String::from_utf8_lossy(data)
+                        );
+                    } else {
+                        dsn_notify = n as u32;
+                    }
+                    continue;
+                }
+            }
+            rec::ORCP => {
+                if let Some(old) = orig_rcpt.take() {
+                    tracing::warn!(
+                        "{id}: ignoring out-of-order original recipient <{:.200}>",
+                        String::from_utf8_lossy(&old)
+                    );
+                }
+                if env.rcpt_offset == 0 {
+                    orig_rcpt = Some(data.to_vec());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if env.rflags & READ_FLAG_SEEN_ALL_NON_RCPT != 0 {
+            continue;
+        }
+        match rtype {
+            rec::SIZE => {
+                if env.data_offset == 0 {
+                    match parse_size_record(data) {
+                        SizeRecord::Modern {
+                            data_size,
+                            data_offset,
+                            rcpt_count,
+                            rflags,
+                            cont_length,
+                            smtputf8,
+                        } => {
+                            if data_offset <= 0 || data_size <= 0 {
+                                tracing::warn!(
+                                    "{id}: invalid size record: {:.100}",
+                                    String::from_utf8_lossy(data)
+                                );
+                                break Err(());
+                            }
+                            if rflags & !READ_FLAG_USER != 0 {
+                                tracing::warn!(
+                                    "{id}: invalid flags in size record: {:.100}",
+                                    String::from_utf8_lossy(data)
+                                );
+                                break Err(());
+                            }
+                            if cont_length < 0 {
+                                tracing::warn!(
+                                    "{id}: invalid size record: {:.100}",
+                                    String::from_utf8_lossy(data)
+                                );
+                                break Err(());
+                            }
+                            env.data_size = data_size as u64;
+                            env.data_offset = data_offset as u64;
+                            env.rcpt_unread = rcpt_count;
+                            env.rcpt_total = rcpt_count;
+                            env.rflags = rflags;
+                            env.cont_length = if cont_length == 0 {
+                                data_size as u64
+                            } else {
+                                cont_length as u64
+                            };
+                            env.smtputf8 = smtputf8 as u32;
+                        }
+                        SizeRecord::Weird => {
+                            // Pre-2001 single-field size records are not produced by any
+                            // Postfix that Debian ships; treat them like other damage.
+                            tracing::warn!("{id}: message rejected: weird size record");
+                            break Err(());
+                        }
+                    }
+                }
+                continue;
+            }
+            rec::TIME => {
+                if env.arrival.0 == 0 {
+                    env.arrival.0 = atol(data);
+                    let digits = data.iter().take_while(|c| c.is_ascii_digit()).count();
+                    env.arrival.1 = atol(&data[digits..]);
+                }
+                continue;
+            }
+            rec::CTIME => {
+                if env.create_time == 0 {
+                    env.create_time = atol(data);
+                }
+                continue;
+            }
+            rec::FILT => {
+                env.filter = Some(data.to_vec());
+                continue;
+            }
+            rec::INSP => {
+                env.inspect = Some(data.to_vec());
+                continue;
+            }
+            rec::RDR => {
+                env.redirect = Some(data.to_vec());
+                continue;
+            }
+            rec::FROM => {
+                if env.sender.is_none() {
+                    env.sender = Some(data.to_vec());
+                    tracing::info!(
+                        "{id}: from=<{}>, size={}, nrcpt={} (queue {})",
+                        addr(data),
+                        env.cont_length,
+                        env.rcpt_unread,
+                        opts.queue
+                    );
+                }
+                continue;
+            }
+            rec::DSN_ENVID => {
+                env.dsn_envid = data.to_vec();
+            }
+            rec::DSN_RET => {
+                let n = if is_digits(data) { atol(data) } else { 0 };
+                if n == 1 || n == 2 {
+                    env.dsn_ret = n as u32;
+                } else {
+                    tracing::warn!(
+                        "{id}: ignoring malformed DSN RET flags in queue file record:{:.100}",
+                        String::from_utf8_lossy(data)
+                    );
+                }
+            }
+            rec::WARN => {
+                if env.warn_offset == 0 {
+                    env.warn_offset = curr;
+                    env.warn_time = atol(data);
+                }
+                continue;
+            }
+            rec::VERP => {
+                if env.verp_delims.is_none() {
+                    if env.sender.as_deref().is_none_or(<[u8]>::is_empty) {
+                        tracing::warn!("{id}: ignoring VERP request for null sender");
+                    } else if data.len() != 2 || !data.iter().all(|c| opts.verp_filter.contains(c))
+                    {
+                        tracing::warn!(
+                            "{id}: ignoring bad VERP request: \"{:.100}\"",
+                            String::from_utf8_lossy(data)
+                        );
+                    } else {
+                        env.verp_delims = Some(data.to_vec());
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if let Some((name, value)) = attr {
+            apply_attribute(env, id, &name, &value, curr, &mut have_log_client_attr);
+        }
+    };
+    if outcome.is_ok() {
+        if let Some(o) = dsn_orcpt {
+            tracing::warn!(
+                "{id}: ignoring out-of-order DSN original recipient <{:.200}>",
+                String::from_utf8_lossy(&o)
+            );
+        }
+        if let Some(o) = orig_rcpt {
+            tracing::warn!(
+                "{id}: ignoring out-of-order original recipient <{:.200}>",
+                String::from_utf8_lossy(&o)
+            );
+        }
+    }
+    outcome
+}
+
+fn apply_attribute(
+    env: &mut Envelope,
+    id: &str,
+    name: &[u8],
+    value: &[u8],
+    offset: u64,
+    have_log: &mut bool,
+) {
+    let legacy = |slot: &mut Option<Vec<u8>>, have: bool| {
+        if !have && slot.is_none() {
+            *slot = Some(value.to_vec());
+        }
+    };
+    match name {
+        b"encoding" => env.encoding = value.to_vec(),
+        b"client_name" => legacy(&mut env.client_name, *have_log),
+        b"client_address" => legacy(&mut env.client_addr, *have_log),
+        b"client_port" => legacy(&mut env.client_port, *have_log),
+        b"protocol_name" => legacy(&mut env.client_proto, *have_log),
+        b"helo_name" => legacy(&mut env.client_helo, *have_log),
+        b"log_client_name"
+        | b"log_client_address"
+        | b"log_client_port"
+        | b"log_protocol_name"
+        | b"log_helo_name" => {
+            let slot = match name {
+                b"log_client_name" => &mut env.client_name,
+                b"log_client_address" => &mut env.client_addr,
+                b"log_client_port" => &mut env.client_port,
+                b"log_protocol_name" => &mut env.client_proto,
+                _ => &mut env.client_helo,
+            };
+            *slot = Some(value.to_vec());
+            *have_log = true;
+        }
+        b"sasl_method" => set_once(&mut env.sasl_method, value, id, "sasl_method"),
+        b"sasl_username" => set_once(&mut env.sasl_username, value, id, "sasl_username"),
+        b"sasl_sender" => set_once(&mut env.sasl_sender, value, id, "sasl_sender"),
+        b"log_ident" => set_once(&mut env.log_ident, value, id, "log_ident"),
+        b"rewrite_context" => set_once(&mut env.rewrite_context, value, id, "rewrite_context"),
+        b"trace_flags" => {
+            if env.tflags == 0 {
+                env.tflags = (atol(value) as u32) & del_flag::TRACE_MASK;
+                env.tflags_offset = if env.tflags == del_flag::RECORD {
+                    offset
+                } else {
+                    0
+                };
+            }
+        }
+        _ => {}
+    }
+}
+
+enum SizeRecord {
+    Modern {
+        data_size: i64,
+        data_offset: i64,
+        rcpt_count: i64,
+        rflags: u32,
+        cont_length: i64,
+        smtputf8: i64,
+    },
+    Weird,
+}
+
+/// Parses the `C` record like `sscanf("%ld %ld %d %d %ld %d")`: at least
+/// three fields make a modern record; missing trailing fields are 0.
+fn parse_size_record(data: &[u8]) -> SizeRecord {
+    let text = String::from_utf8_lossy(data);
+    let mut fields = [0i64; 6];
+    let mut count = 0;
+    let mut rest = text.as_ref();
+    while count < 6 {
+        let t = rest.trim_start();
+        let end = t
+            .char_indices()
+            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
+            .map_or(t.len(), |(i, _)| i);
+        let Ok(v) = t[..end].parse::<i64>() else {
+            break;
+        };
+        // %d fields must fit an int.
+        if matches!(count, 2 | 3 | 5) && (v < i32::MIN as i64 || v > i32::MAX as i64) {
+            break;
+        }
+        fields[count] = v;
+        count += 1;
+        rest = &t[end..];
+    }
+    if count >= 3 {
+        SizeRecord::Modern {
+            data_size: fields[0],
+            data_offset: fields[1],
+            rcpt_count: fields[2],
+            rflags: fields[3] as u32,
+            cont_length: fields[4],
+            smtputf8: fields[5],
+        }
+    } else {
+        SizeRecord::Weird
+    }
+}
