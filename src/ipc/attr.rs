@@ -1,0 +1,312 @@
+//! Postfix's attribute protocol, the "0" (NUL) variant used on every socket
+//! qmgr talks over (`util/attr_print0.c`, `util/attr_scan0.c`): each
+//! attribute is `name\0value\0`; a list ends with an empty name (`\0`).
+//! Integers travel as unsigned decimal, data as base64.
+//!
+//! Peers read strictly (`ATTR_FLAG_STRICT`): order and completeness matter,
+//! so [`AttrList::expect`] checks names in order.
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Longest name or value accepted from a peer, bytes.
+pub const MAX_TOKEN: usize = 1 << 20;
+/// Most attributes accepted in one list.
+pub const MAX_ATTRS: usize = 1024;
+
+/// Builds attribute lists for sending (`attr_print0`).
+#[derive(Debug, Default, Clone)]
+pub struct AttrWriter {
+    buf: Vec<u8>,
+}
+
+impl AttrWriter {
+    /// An empty buffer.
+    pub fn new() -> AttrWriter {
+        AttrWriter {
+            buf: Vec::with_capacity(512),
+        }
+    }
+
+    fn name(&mut self, name: &str) {
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+    }
+
+    /// `name\0<u32 decimal>\0` (ATTR_TYPE_INT; negative ints are sent as their
+    /// unsigned 32-bit value by the caller's cast).
+    pub fn int(&mut self, name: &str, value: u32) -> &mut Self {
+        self.name(name);
+        self.buf.extend_from_slice(value.to_string().as_bytes());
+        self.buf.push(0);
+        self
+    }
+
+    /// `name\0<u64 decimal>\0` (ATTR_TYPE_LONG).
+    pub fn long(&mut self, name: &str, value: u64) -> &mut Self {
+        self.name(name);
+        self.buf.extend_from_slice(value.to_string().as_bytes());
+        self.buf.push(0);
+        self
+    }
+
+    /// `name\0<bytes>\0` (ATTR_TYPE_STR). A NUL inside `value` cannot be sent;
+    /// it is replaced by `?` (Postfix strings cannot hold one either).
+    pub fn str(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        self.name(name);
+        if value.contains(&0) {
+            self.buf
+                .extend(value.iter().map(|&c| if c == 0 { b'?' } else { c }));
+        } else {
+            self.buf.extend_from_slice(value);
+        }
+        self.buf.push(0);
+        self
+    }
+
+    /// `name\0<base64>\0` (ATTR_TYPE_DATA).
+    pub fn data(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        self.name(name);
+        let enc = base64::engine::general_purpose::STANDARD.encode(value);
+        self.buf.extend_from_slice(enc.as_bytes());
+        self.buf.push(0);
+        self
+    }
+
+    /// Ends the current list (the empty name).
+    pub fn end(&mut self) -> &mut Self {
+        self.buf.push(0);
+        self
+    }
+
+    /// The bytes built so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes the bytes built so far.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Why an attribute list could not be read or was not what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum AttrError {
+    /// The peer closed the connection before the list ended.
+    #[error("premature end-of-input")]
+    Eof,
+    /// A read error (including a timeout).
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A name or value longer than [`MAX_TOKEN`], or more than [`MAX_ATTRS`].
+    #[error("attribute list too large")]
+    TooLarge,
+    /// The list does not have the expected attributes in the expected order.
+    #[error("unexpected attribute {got} (expecting: {want})")]
+    Unexpected { got: String, want: String },
+    /// A missing attribute at the end of the list.
+    #[error("missing attribute {0}")]
+    Missing(String),
+    /// A value that should be a number is not.
+    #[error("malformed numerical data for attribute {name}: {value}")]
+    BadNumber { name: String, value: String },
+    /// A protocol announcement other than the expected one.
+    #[error("unexpected {name} {got} (expected: {want})")]
+    WrongValue {
+        name: String,
+        got: String,
+        want: String,
+    },
+}
+
+/// One received attribute list: (name, value) pairs in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AttrList {
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl AttrList {
+    /// Parses one list from the front of `input`; returns it and the number of
+    /// bytes used, or `None` if `input` holds no complete list yet.
+    ///
+    /// Errors: [`AttrError::TooLarge`].
+    pub fn parse(input: &[u8]) -> Result<Option<(AttrList, usize)>, AttrError> {
+        let mut pairs = Vec::new();
+        let mut pos = 0;
+        loop {
+            let Some(nul) = input[pos..].iter().position(|&c| c == 0) else {
+                return Ok(None);
+            };
+            let name = &input[pos..pos + nul];
+            pos += nul + 1;
+            if name.is_empty() {
+                return Ok(Some((AttrList { pairs }, pos)));
+            }
+            let Some(nul) = input[pos..].iter().position(|&c| c == 0) else {
+                return Ok(None);
+            };
+            let value = &input[pos..pos + nul];
+            pos += nul + 1;
+            if pairs.len() >= MAX_ATTRS {
+                return Err(AttrError::TooLarge);
+            }
+            pairs.push((name.to_vec(), value.to_vec()));
+        }
+    }
+
+    /// Reads one list from a buffered stream.
+    ///
+    /// Errors: [`AttrError::Eof`] if the stream ends inside the list,
+    /// [`AttrError::Io`], [`AttrError::TooLarge`].
+    pub async fn read<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<AttrList, AttrError> {
+        let mut pairs = Vec::new();
+        loop {
+            let name = read_token(reader).await?;
+            if name.is_empty() {
+                return Ok(AttrList { pairs });
+            }
+            let value = read_token(reader).await?;
+            if pairs.len() >= MAX_ATTRS {
+                return Err(AttrError::TooLarge);
+            }
+            pairs.push((name, value));
+        }
+    }
+
+    /// Checks that the list holds exactly `names`, in order, and returns their
+    /// values (strict scanning).
+    ///
+    /// Errors: [`AttrError::Unexpected`] or [`AttrError::Missing`].
+    pub fn expect(&self, names: &[&str]) -> Result<Vec<&[u8]>, AttrError> {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, want) in names.iter().enumerate() {
+            match self.pairs.get(i) {
+                None => return Err(AttrError::Missing((*want).to_string())),
+                Some((got, value)) => {
+                    if got.as_slice() != want.as_bytes() {
+                        return Err(AttrError::Unexpected {
+                            got: String::from_utf8_lossy(got).into_owned(),
+                            want: (*want).to_string(),
+                        });
+                    }
+                    out.push(value.as_slice());
+                }
+            }
+        }
+        if let Some((extra, _)) = self.pairs.get(names.len()) {
+            return Err(AttrError::Unexpected {
+                got: String::from_utf8_lossy(extra).into_owned(),
+                want: "end of input".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Parses an INT attribute sent as unsigned decimal into its signed value
+/// (`-1` arrives as `4294967295`).
+///
+/// Errors: [`AttrError::BadNumber`].
+pub fn parse_int(name: &str, value: &[u8]) -> Result<i32, AttrError> {
+    let bad = || AttrError::BadNumber {
+        name: name.into(),
+        value: String::from_utf8_lossy(value).into_owned(),
+    };
+    let text = std::str::from_utf8(value).map_err(|_| bad())?;
+    let v: u64 = text.trim_start().parse().map_err(|_| bad())?;
+    if v > u32::MAX as u64 {
+        return Err(bad());
+    }
+    Ok(v as u32 as i32)
+}
+
+async fn read_token<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, AttrError> {
+    let mut token = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(AttrError::Eof);
+        }
+        if let Some(nul) = buf.iter().position(|&c| c == 0) {
+            token.extend_from_slice(&buf[..nul]);
+            reader.consume(nul + 1);
+            return Ok(token);
+        }
+        let n = buf.len();
+        token.extend_from_slice(buf);
+        reader.consume(n);
+        if token.len() > MAX_TOKEN {
+            return Err(AttrError::TooLarge);
+        }
+    }
+}
+
+/// Reads the server's announcement `protocol\0<name>\0\0` and checks it.
+///
+/// Errors: any read error, or [`AttrError::WrongValue`] for another protocol.
+pub async fn read_announcement<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    protocol: &str,
+) -> Result<(), AttrError> {
+    let list = AttrList::read(reader).await?;
+    let values = list.expect(&["protocol"])?;
+    if values[0] != protocol.as_bytes() {
+        return Err(AttrError::WrongValue {
+            name: "protocol".into(),
+            got: String::from_utf8_lossy(values[0]).into_owned(),
+            want: protocol.into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_like_attr_print0() {
+        let mut w = AttrWriter::new();
+        w.int("status", (-1i32) as u32)
+            .str("reason", b"x")
+            .long("offset", 375)
+            .data("d", b"ab")
+            .end();
+        assert_eq!(
+            w.bytes(),
+            b"status\x004294967295\x00reason\x00x\x00offset\x00375\x00d\x00YWI=\x00\x00"
+        );
+    }
+
+    #[test]
+    fn parse_partial_and_complete() {
+        let input = b"flags\x000\x00transport\x00smtp\x00\x00rest";
+        assert!(AttrList::parse(&input[..10]).unwrap().is_none());
+        let (list, used) = AttrList::parse(input).unwrap().unwrap();
+        assert_eq!(used, input.len() - 4);
+        let v = list.expect(&["flags", "transport"]).unwrap();
+        assert_eq!(v[1], b"smtp");
+        assert!(list.expect(&["flags"]).is_err());
+        assert!(list.expect(&["flags", "transport", "nexthop"]).is_err());
+        assert!(list.expect(&["transport", "flags"]).is_err());
+    }
+
+    #[test]
+    fn ints() {
+        assert_eq!(parse_int("s", b"4294967295").unwrap(), -1);
+        assert_eq!(parse_int("s", b"0").unwrap(), 0);
+        assert!(parse_int("s", b"x").is_err());
+        assert!(parse_int("s", b"4294967296").is_err());
+    }
+
+    #[tokio::test]
+    async fn async_read() {
+        let data: &[u8] = b"protocol\x00delivery_request_protocol\x00\x00status\x00";
+        let mut r = tokio::io::BufReader::new(data);
+        read_announcement(&mut r, "delivery_request_protocol")
+            .await
+            .unwrap();
+        assert!(matches!(AttrList::read(&mut r).await, Err(AttrError::Eof)));
+    }
+}

@@ -1,0 +1,399 @@
+//! Clients of bounce(8) in its three roles, `bounce`, `defer` and `trace`
+//! (`global/abounce.c`, `global/bounce.c`, `global/defer.c`,
+//! `global/trace.c`, `global/sent.c`): notification requests at message
+//! completion, and the per-recipient APPEND qmgr uses when it defers or
+//! "delivers" a recipient itself. Also qmgr's own delivery log lines
+//! (`global/log_adhoc.c`).
+
+use super::attr::{parse_int, AttrList, AttrWriter};
+use super::{with_timeout, Dsn, Peer};
+use crate::log::addr;
+use crate::qfile::{del_flag, Envelope, Recipient};
+use std::time::Duration;
+
+/// The bounce service's announcement.
+pub const PROTOCOL: &str = "delivery_status_protocol";
+
+/// Bounce service commands (`global/bounce.h`).
+pub const CMD_APPEND: u32 = 0;
+pub const CMD_FLUSH: u32 = 1;
+pub const CMD_WARN: u32 = 2;
+pub const CMD_VERP: u32 = 3;
+pub const CMD_TRACE: u32 = 5;
+
+/// Bounce request flags.
+pub const FLAG_KEEP: u32 = 0;
+pub const FLAG_DELRCPT: u32 = 2;
+
+/// A notification request (FLUSH, WARN, VERP or TRACE) for one message
+/// (`bounce_notify_proto` / `bounce_verp_proto`).
+pub fn notify_request(
+    cmd: u32,
+    flags: u32,
+    queue_id: &str,
+    env: &Envelope,
+    verp: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut w = AttrWriter::new();
+    w.int("nrequest", cmd)
+        .int("flags", flags)
+        .str("queue_name", b"active")
+        .str("queue_id", queue_id.as_bytes())
+        .str("encoding", &env.encoding)
+        .int("smtputf8", env.smtputf8)
+        .str("sender", env.sender.as_deref().unwrap_or(b""))
+        .str("envelope_id", &env.dsn_envid)
+        .int("ret_flags", env.dsn_ret);
+    if let Some(d) = verp {
+        w.str("verp_delimiters", d);
+    }
+    w.end();
+    w.into_bytes()
+}
+
+/// An APPEND request: one recipient and its status, for the log of the
+/// service it is sent to (`bounce_append_proto`).
+pub fn append_request(flags: u32, queue_id: &str, rcpt: &Recipient, dsn: &Dsn) -> Vec<u8> {
+    let mut w = AttrWriter::new();
+    w.int("nrequest", CMD_APPEND)
+        .int("flags", flags)
+        .str("queue_id", queue_id.as_bytes())
+        .str("original_recipient", &rcpt.orig_rcpt)
+        .str("recipient", &rcpt.address)
+        .long("offset", rcpt.offset)
+        .str("dsn_orig_rcpt", &rcpt.dsn_orcpt)
+        .int("notify_flags", rcpt.dsn_notify)
+        .str("status", &dsn.status)
+        .str("diag_type", &dsn.diag_type)
+        .str("diag_text", &dsn.diag_text)
+        .str("mta_type", &dsn.mta_type)
+        .str("mta_mname", &dsn.mta_mname)
+        .str("action", &dsn.action)
+        .str("reason", &dsn.reason)
+        .end();
+    w.into_bytes()
+}
+
+/// Sends one request to `private/<service>` and returns the service's
+/// status (0 = done). Each step is limited by `timeout`.
+///
+/// Errors: a text for the warning line (connect, protocol or timeout).
+pub async fn call(service: &str, request: &[u8], timeout: Duration) -> Result<i32, String> {
+    let mut peer = Peer::connect("private", service).await.map_err(|e| {
+        format!(
+            "connect to private/{service}: {}",
+            crate::log::errno_text(&e)
+        )
+    })?;
+    with_timeout(
+        timeout,
+        super::attr::read_announcement(&mut peer.reader, PROTOCOL),
+    )
+    .await
+    .map_err(|e| format!("read private/{service}: {e}"))?;
+    peer.send(request, timeout)
+        .await
+        .map_err(|e| format!("write private/{service}: {}", crate::log::errno_text(&e)))?;
+    let reply = with_timeout(timeout, AttrList::read(&mut peer.reader))
+        .await
+        .map_err(|e| format!("read private/{service}: {e}"))?;
+    let v = reply
+        .expect(&["status"])
+        .map_err(|e| format!("read private/{service}: {e}"))?;
+    parse_int("status", v[0]).map_err(|e| format!("read private/{service}: {e}"))
+}
+
+/// The time stamps qmgr knows for its own log lines: arrival in the queue
+/// and arrival in qmgr's memory, as (seconds, microseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub incoming: (i64, i64),
+    pub active: (i64, i64),
+}
+
+/// Formats a delay the way `util/format_tv.c` does with 2 significant
+/// digits and at most `max_dig` decimals.
+pub fn format_tv(sec: i64, usec: i64, sig_dig: u32, max_dig: u32) -> String {
+    const MILLION: i64 = 1_000_000;
+    let pow10 = [1i64, 10, 100, 1000, 10000, 100000, 1000000];
+    let (mut sec, mut usec) = (sec.max(0), usec.clamp(0, MILLION));
+    let mut ures = MILLION / pow10[max_dig.min(6) as usize];
+    let wid = pow10[sig_dig.clamp(1, 6) as usize];
+    if ures < MILLION {
+        if sec > 0 {
+            let mut n = 1;
+            while sec >= n && n <= wid / 10 {
+                n *= 10;
+            }
+            ures = (MILLION / wid) * n;
+        } else {
+            while usec >= wid * ures {
+                ures *= 10;
+            }
+        }
+    }
+    if ures > 1 {
+        usec += ures / 2;
+        if usec >= MILLION {
+            sec += 1;
+            usec -= MILLION;
+        }
+    }
+    let mut out = sec.to_string();
+    if usec >= ures {
+        out.push('.');
+        let (mut rem, mut n) = (usec, MILLION / 10);
+        while rem >= ures && n > 0 {
+            out.push((b'0' + (rem / n) as u8) as char);
+            rem %= n;
+            n /= 10;
+        }
+    }
+    out
+}
+
+fn delta(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
+    let mut s = a.0 - b.0;
+    let mut u = a.1 - b.1;
+    while u < 0 {
+        u += 1_000_000;
+        s -= 1;
+    }
+    while u >= 1_000_000 {
+        u -= 1_000_000;
+        s += 1;
+    }
+    if s < 0 {
+        (0, 0)
+    } else {
+        (s, u)
+    }
+}
+
+/// The `to=<...>, relay=..., delay=..., delays=..., dsn=..., status=... (...)`
+/// line (`global/log_adhoc.c`) for a recipient qmgr disposed of itself.
+pub fn adhoc_line(
+    queue_id: &str,
+    stats: &Stats,
+    rcpt: &Recipient,
+    relay: &str,
+    dsn: &Dsn,
+    status: &str,
+    max_dig: u32,
+) -> String {
+    let now = crate::now_timeval();
+    let mut line = format!("{queue_id}: to=<{}>", addr(&rcpt.address));
+    if !rcpt.orig_rcpt.is_empty() && !rcpt.orig_rcpt.eq_ignore_ascii_case(&rcpt.address) {
+        line.push_str(&format!(", orig_to=<{}>", addr(&rcpt.orig_rcpt)));
+    }
+    line.push_str(&format!(", relay={relay}"));
+    let d = delta(now, stats.incoming);
+    let (p, a) = if stats.active.0 > 0 {
+        (
+            delta(stats.active, stats.incoming),
+            delta(now, stats.active),
+        )
+    } else {
+        (delta(now, stats.incoming), (0, 0))
+    };
+    let f = |x: (i64, i64)| format_tv(x.0, x.1, 2, max_dig);
+    line.push_str(&format!(
+        ", delay={}, delays={}/{}/{}/{}, dsn={}, status={} ({})",
+        f(d),
+        f(p),
+        f(a),
+        f((0, 0)),
+        f((0, 0)),
+        String::from_utf8_lossy(&dsn.status),
+        status,
+        String::from_utf8_lossy(&dsn.reason)
+    ));
+    line
+}
+
+/// Service names and limits the synchronous clients need.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub defer: String,
+    pub trace: String,
+    pub timeout: Duration,
+    /// `delay_logging_resolution_limit`.
+    pub max_dig: u32,
+}
+
+/// Appends a record to the trace log (`trace_append`): the reason is prefixed
+/// with `delivery via <relay>: ` unless the relay is `none`.
+///
+/// Errors: the text of a service failure.
+pub async fn trace_append(
+    svc: &Services,
+    flags: u32,
+    queue_id: &str,
+    rcpt: &Recipient,
+    relay: &str,
+    dsn: &Dsn,
+) -> Result<(), String> {
+    let mut d = dsn.clone();
+    if relay != "none" {
+        let mut reason = format!("delivery via {relay}: ").into_bytes();
+        reason.extend_from_slice(&dsn.reason);
+        d.reason = reason;
+    }
+    match call(
+        &svc.trace,
+        &append_request(flags, queue_id, rcpt, &d),
+        svc.timeout,
+    )
+    .await
+    {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!("status {n}")),
+        Err(e) => Err(e),
+    }
+}
+
+/// qmgr defers a recipient itself (`defer_append`): a non-4.x.x code becomes
+/// 4.0.0; the recipient goes into the defer log; the `status=deferred` line
+/// is logged. Always "fails" (returns -1), meaning the message must be
+/// retried.
+pub async fn defer_append(
+    svc: &Services,
+    flags: u32,
+    queue_id: &str,
+    stats: &Stats,
+    rcpt: &Recipient,
+    relay: &str,
+    dsn: &Dsn,
+) -> i32 {
+    let mut d = dsn.clone();
+    if d.status.first() != Some(&b'4') || !super::dsn_valid(&d.status) {
+        tracing::warn!(
+            "defer_append: ignoring dsn code \"{}\"",
+            String::from_utf8_lossy(&d.status)
+        );
+        d.status = b"4.0.0".to_vec();
+    }
+    d.action = b"delayed".to_vec();
+    if flags & del_flag::USR_VRFY != 0 {
+        d.action = b"undeliverable".to_vec();
+        return match trace_append(svc, flags, queue_id, rcpt, relay, &d).await {
+            Ok(()) => 0,
+            Err(_) => -1,
+        };
+    }
+    match call(
+        &svc.defer,
+        &append_request(flags, queue_id, rcpt, &d),
+        svc.timeout,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(_) | Err(_) => tracing::warn!("{queue_id}: {} service failure", svc.defer),
+    }
+    tracing::info!(
+        "{}",
+        adhoc_line(queue_id, stats, rcpt, relay, &d, "deferred", svc.max_dig)
+    );
+    if flags & del_flag::RECORD != 0
+        && trace_append(svc, flags, queue_id, rcpt, relay, &d)
+            .await
+            .is_err()
+    {
+        tracing::warn!("{queue_id}: {} service failure", svc.trace);
+    }
+    -1
+}
+
+/// qmgr "delivers" a recipient itself (`sent`, used to discard mail for the
+/// double-bounce address): logs `status=sent`, tracing first when the
+/// message or recipient asks for it. Returns 0 on success; on a trace
+/// failure the recipient is deferred instead and -1 returned.
+pub async fn sent(
+    svc: &Services,
+    flags: u32,
+    queue_id: &str,
+    stats: &Stats,
+    rcpt: &Recipient,
+    relay: &str,
+    dsn: &Dsn,
+) -> i32 {
+    let mut d = dsn.clone();
+    if d.status.first() != Some(&b'2') || !super::dsn_valid(&d.status) {
+        tracing::warn!(
+            "sent: ignoring dsn code \"{}\"",
+            String::from_utf8_lossy(&d.status)
+        );
+        d.status = b"2.0.0".to_vec();
+    }
+    if d.action.is_empty() {
+        d.action = b"delivered".to_vec();
+    }
+    const NOTIFY_SUCCESS: u32 = 2;
+    const NOTIFY_DELAY: u32 = 8;
+    let rec_all = flags & del_flag::RECORD != 0;
+    let rec_dly = flags & del_flag::REC_DLY_SENT != 0
+        && (rcpt.dsn_notify == 0 || rcpt.dsn_notify & NOTIFY_DELAY != 0);
+    let mut ok = true;
+    if rec_all || rec_dly || flags & del_flag::USR_VRFY != 0 {
+        ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
+            .await
+            .is_ok();
+    }
+    if ok && rcpt.dsn_notify & NOTIFY_SUCCESS != 0 {
+        ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
+            .await
+            .is_ok();
+    }
+    if flags & del_flag::USR_VRFY != 0 {
+        return if ok { 0 } else { -1 };
+    }
+    if ok {
+        tracing::info!(
+            "{}",
+            adhoc_line(queue_id, stats, rcpt, relay, &d, "sent", svc.max_dig)
+        );
+        0
+    } else {
+        let reason = format!("{queue_id}: {} service failed", svc.trace);
+        defer_append(
+            svc,
+            flags,
+            queue_id,
+            stats,
+            rcpt,
+            relay,
+            &Dsn::simple("4.3.0", &reason),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_like_format_tv() {
+        assert_eq!(format_tv(0, 10000, 2, 2), "0.01");
+        assert_eq!(format_tv(0, 4000, 2, 2), "0");
+        assert_eq!(format_tv(8, 200000, 2, 2), "8.2");
+        assert_eq!(format_tv(41, 300000, 2, 2), "41");
+        assert_eq!(format_tv(123, 0, 2, 2), "123");
+        assert_eq!(format_tv(0, 0, 2, 2), "0");
+        assert_eq!(format_tv(0, 999999, 2, 2), "1");
+    }
+
+    #[test]
+    fn notify_request_matches_capture() {
+        let env = Envelope {
+            sender: Some(b"sender@discard.example".to_vec()),
+            ..Default::default()
+        };
+        let req = notify_request(CMD_FLUSH, FLAG_KEEP, "D637999209F", &env, None);
+        assert_eq!(
+            req,
+            b"nrequest\x001\0flags\x000\0queue_name\0active\0queue_id\0D637999209F\0encoding\0\0smtputf8\x000\0sender\0sender@discard.example\0envelope_id\0\0ret_flags\x000\0\0"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! Talking to other Postfix daemons over their unix sockets: the attribute
+//! protocol, and one client per peer (trivial-rewrite, delivery agents,
+//! bounce/defer/trace).
+//!
+//! Sockets are `private/<service>` relative to the queue directory, as
+//! `global/mail_connect.c` opens them.
+
+pub mod attr;
+pub mod bounce;
+pub mod deliver;
+pub mod rewrite;
+
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A delivery status (`global/dsn.h`): what a recipient's delivery attempt
+/// came to, as agents and the bounce service exchange it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dsn {
+    /// `x.y.z` status code.
+    pub status: Vec<u8>,
+    pub diag_type: Vec<u8>,
+    pub diag_text: Vec<u8>,
+    pub mta_type: Vec<u8>,
+    pub mta_mname: Vec<u8>,
+    /// `delayed`, `failed`, `delivered`...
+    pub action: Vec<u8>,
+    /// Human-readable text.
+    pub reason: Vec<u8>,
+}
+
+impl Dsn {
+    /// A status code and reason only (`DSN_SIMPLE`).
+    pub fn simple(status: &str, reason: &str) -> Dsn {
+        Dsn {
+            status: status.into(),
+            reason: reason.into(),
+            ..Dsn::default()
+        }
+    }
+
+    /// Splits `"4.3.0 text"` (the nexthop of the `retry`/`error` transports)
+    /// into a DSN, as error(8)'s `dsn_split` does; `default_status` applies
+    /// when the text does not start with a valid code.
+    pub fn split(text: &str, default_status: &str) -> Dsn {
+        let (code, rest) = match text.split_once(' ') {
+            Some((c, r)) if dsn_valid(c.as_bytes()) => (c, r.trim_start()),
+            _ if dsn_valid(text.as_bytes()) => (text, ""),
+            _ => (default_status, text),
+        };
+        Dsn::simple(code, rest)
+    }
+}
+
+/// True for a well-formed status code `d.ddd.ddd` with class 2, 4 or 5
+/// (`global/dsn_util.c:dsn_valid`).
+pub fn dsn_valid(code: &[u8]) -> bool {
+    let text = match std::str::from_utf8(code) {
+        Ok(t) => t,
+        Err(_) => return false,
+    };
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && (1..=3).contains(&parts[1].len())
+        && (1..=3).contains(&parts[2].len())
+        && parts[1..]
+            .iter()
+            .all(|p| p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+/// A connected peer: a buffered read half and the write half.
+pub struct Peer {
+    pub reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    pub writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Peer {
+    /// Connects to `class/service` (relative to the queue directory).
+    ///
+    /// Errors: the connect error.
+    pub async fn connect(class: &str, service: &str) -> std::io::Result<Peer> {
+        let stream = UnixStream::connect(format!("{class}/{service}")).await?;
+        let (r, w) = stream.into_split();
+        Ok(Peer {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Writes `bytes` within `timeout`.
+    ///
+    /// Errors: the write error, or `TimedOut`.
+    pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+        match tokio::time::timeout(timeout, self.writer.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// Runs `fut` with a time limit; a timeout becomes an I/O `TimedOut` error.
+///
+/// Errors: the future's own error, or [`attr::AttrError::Io`] with `TimedOut`.
+pub async fn with_timeout<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, attr::AttrError>>,
+) -> Result<T, attr::AttrError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(attr::AttrError::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_codes() {
+        assert!(dsn_valid(b"4.4.1"));
+        assert!(dsn_valid(b"5.1.1"));
+        assert!(!dsn_valid(b"3.1.1"));
+        assert!(!dsn_valid(b"4.4"));
+        assert!(!dsn_valid(b""));
+        let d = Dsn::split("4.3.2 deferred transport", "4.0.0");
+        assert_eq!(
+            (d.status.as_slice(), d.reason.as_slice()),
+            (&b"4.3.2"[..], &b"deferred transport"[..])
+        );
+        let d = Dsn::split("no code here", "5.0.0");
+        assert_eq!(d.status, b"5.0.0");
+    }
+}

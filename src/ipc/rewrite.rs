@@ -1,0 +1,319 @@
+//! The trivial-rewrite client (`global/resolve_clnt.c`,
+//! `global/rewrite_clnt.c`): resolve a recipient to (transport, nexthop,
+//! recipient, flags) over one persistent `private/rewrite` connection, with a
+//! cache.
+//!
+//! Postfix caches one answer for 30 s; rqmgr caches many (keyed by class,
+//! sender and address, for the same 30 s), so that a burst of mail to a few
+//! recipients costs a few round trips. A failure is retried every second,
+//! forever, as Postfix does; other work (deliveries) goes on meanwhile.
+
+use super::attr::{parse_int, AttrList, AttrWriter};
+use super::{with_timeout, Peer};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// trivial-rewrite's announcement.
+pub const PROTOCOL: &str = "trivial_rewrite_protocol";
+
+/// Resolve flags (`global/resolve_clnt.h`).
+pub mod flag {
+    pub const FINAL: u32 = 1;
+    pub const ROUTED: u32 = 2;
+    pub const ERROR: u32 = 4;
+    pub const FAIL: u32 = 8;
+    pub const CLASS_LOCAL: u32 = 256;
+    pub const CLASS_ALIAS: u32 = 512;
+    pub const CLASS_VIRTUAL: u32 = 1024;
+    pub const CLASS_RELAY: u32 = 2048;
+    pub const CLASS_DEFAULT: u32 = 4096;
+}
+
+/// Which resolver table set to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Normal mail (`resolve`).
+    Regular,
+    /// Address verification probes (`verify`).
+    Verify,
+}
+
+impl Class {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Class::Regular => b"resolve",
+            Class::Verify => b"verify",
+        }
+    }
+}
+
+/// A resolver answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub transport: Vec<u8>,
+    pub nexthop: Vec<u8>,
+    pub recipient: Vec<u8>,
+    pub flags: u32,
+}
+
+const CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_MAX: usize = 100_000;
+
+type CacheKey = (Class, Vec<u8>, Vec<u8>);
+
+/// A persistent client with a cache.
+pub struct Resolver {
+    service: String,
+    timeout: Duration,
+    idle: Duration,
+    ttl: Duration,
+    conn: Option<Conn>,
+    cache: HashMap<CacheKey, (Resolved, Instant)>,
+    failures: u32,
+}
+
+struct Conn {
+    peer: Peer,
+    opened: Instant,
+    used: Instant,
+}
+
+impl Resolver {
+    /// A client of `private/<service>`; `timeout` limits each I/O step,
+    /// `idle` and `ttl` are `ipc_idle` and `ipc_ttl`.
+    pub fn new(service: &str, timeout: Duration, idle: Duration, ttl: Duration) -> Resolver {
+        Resolver {
+            service: service.to_string(),
+            timeout,
+            idle,
+            ttl,
+            conn: None,
+            cache: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Closes the connection if it has been idle for `ipc_idle` or open for
+    /// `ipc_ttl`, so that trivial-rewrite processes can come and go.
+    pub fn close_if_idle(&mut self, now: Instant) {
+        if let Some(c) = &self.conn {
+            if now.duration_since(c.used) >= self.idle || now.duration_since(c.opened) >= self.ttl {
+                self.conn = None;
+            }
+        }
+    }
+
+    /// When [`Resolver::close_if_idle`] should next be called, if connected.
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        self.conn
+            .as_ref()
+            .map(|c| (c.used + self.idle).min(c.opened + self.ttl))
+    }
+
+    async fn connect(&mut self) -> Result<&mut Conn, String> {
+        if self.conn.is_none() {
+            let mut peer = Peer::connect("private", &self.service)
+                .await
+                .map_err(|e| crate::log::errno_text(&e))?;
+            with_timeout(
+                self.timeout,
+                super::attr::read_announcement(&mut peer.reader, PROTOCOL),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let now = Instant::now();
+            self.conn = Some(Conn {
+                peer,
+                opened: now,
+                used: now,
+            });
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    async fn round_trip(&mut self, request: &[u8]) -> Result<AttrList, String> {
+        let timeout = self.timeout;
+        let conn = self.connect().await?;
+        conn.used = Instant::now();
+        conn.peer
+            .send(request, timeout)
+            .await
+            .map_err(|e| crate::log::errno_text(&e))?;
+        with_timeout(timeout, AttrList::read(&mut conn.peer.reader))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.conn = None;
+        // Postfix stays quiet about the first failure of a stale connection.
+        if self.failures > 0 {
+            tracing::warn!("problem talking to service {}: {}", self.service, why);
+        }
+        self.failures += 1;
+    }
+
+    /// Resolves `address` for `sender` (empty for the null sender). Retries
+    /// every second until trivial-rewrite answers sensibly.
+    pub async fn resolve(&mut self, class: Class, sender: &[u8], address: &[u8]) -> Resolved {
+        let now = Instant::now();
+        let key = (class, sender.to_vec(), address.to_vec());
+        if !address.is_empty() {
+            if let Some((r, at)) = self.cache.get(&key) {
+                if now.duration_since(*at) < CACHE_TTL {
+                    return r.clone();
+                }
+            }
+        }
+        let mut w = AttrWriter::new();
+        w.str("request", class.name())
+            .str("sender", sender)
+            .str("address", address)
+            .end();
+        let request = w.into_bytes();
+        loop {
+            match self.round_trip(&request).await {
+                Ok(list) => match Self::parse(&list, address) {
+                    Ok((r, disconnect)) => {
+                        self.failures = 0;
+                        if disconnect {
+                            self.conn = None;
+                        }
+                        if !address.is_empty() {
+                            if self.cache.len() >= CACHE_MAX {
+                                self.cache
+                                    .retain(|_, (_, at)| now.duration_since(*at) < CACHE_TTL);
+                                if self.cache.len() >= CACHE_MAX {
+                                    self.cache.clear();
+                                }
+                            }
+                            self.cache.insert(key, (r.clone(), now));
+                        }
+                        return r;
+                    }
+                    Err(why) => {
+                        self.conn = None;
+                        tracing::warn!("{why}");
+                    }
+                },
+                Err(why) => self.failed(&why),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn parse(list: &AttrList, address: &[u8]) -> Result<(Resolved, bool), String> {
+        let v = list
+            .expect(&["flags", "transport", "nexthop", "recipient", "flags"])
+            .map_err(|e| format!("resolve_clnt: {e}"))?;
+        let server_flags = parse_int("flags", v[0]).map_err(|e| e.to_string())?;
+        let r = Resolved {
+            transport: v[1].to_vec(),
+            nexthop: v[2].to_vec(),
+            recipient: v[3].to_vec(),
+            flags: parse_int("flags", v[4]).map_err(|e| e.to_string())? as u32,
+        };
+        if r.transport.is_empty() {
+            return Err(format!(
+                "resolve_clnt: null transport result for: <{}>",
+                String::from_utf8_lossy(address)
+            ));
+        }
+        if r.recipient.is_empty() && !address.is_empty() {
+            return Err(format!(
+                "resolve_clnt: null recipient result for: <{}>",
+                String::from_utf8_lossy(address)
+            ));
+        }
+        Ok((r, server_flags != 0))
+    }
+
+    /// Rewrites `address` with ruleset `rule` (qmgr uses `local` to
+    /// canonicalise a redirect address), quoting the local part for the
+    /// request and unquoting the answer (`rewrite_clnt_internal`).
+    pub async fn rewrite(&mut self, rule: &str, address: &[u8]) -> Vec<u8> {
+        let quoted = crate::log::quote_822_local(&String::from_utf8_lossy(address));
+        let mut w = AttrWriter::new();
+        w.str("request", b"rewrite")
+            .str("rule", rule.as_bytes())
+            .str("address", quoted.as_bytes())
+            .end();
+        let request = w.into_bytes();
+        loop {
+            match self.round_trip(&request).await {
+                Ok(list) => match list.expect(&["flags", "address"]) {
+                    Ok(v) => {
+                        self.failures = 0;
+                        if parse_int("flags", v[0]).unwrap_or(0) != 0 {
+                            self.conn = None;
+                        }
+                        return unquote_822_local(v[1]);
+                    }
+                    Err(e) => {
+                        self.conn = None;
+                        tracing::warn!("rewrite_clnt: {e}");
+                    }
+                },
+                Err(why) => self.failed(&why),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Removes RFC 822 quoting from the local part (`unquote_822_local`).
+pub fn unquote_822_local(address: &[u8]) -> Vec<u8> {
+    let at = address.iter().rposition(|&c| c == b'@');
+    let (local, domain) = match at {
+        Some(i) => (&address[..i], &address[i..]),
+        None => (address, &b""[..]),
+    };
+    let mut out = Vec::with_capacity(address.len());
+    let mut quoted = false;
+    let mut i = 0;
+    while i < local.len() {
+        let c = local[i];
+        if c == b'"' {
+            quoted = !quoted;
+        } else if c == b'\\' && quoted && i + 1 < local.len() {
+            i += 1;
+            out.push(local[i]);
+        } else {
+            out.push(c);
+        }
+        i += 1;
+    }
+    out.extend_from_slice(domain);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unquoting() {
+        assert_eq!(unquote_822_local(b"\"john doe\"@x"), b"john doe@x");
+        assert_eq!(unquote_822_local(b"plain@x"), b"plain@x");
+        assert_eq!(unquote_822_local(b"\"a\\\"b\"@x"), b"a\"b@x");
+    }
+
+    #[test]
+    fn parse_reply() {
+        let (l, _) = AttrList::parse(
+            b"flags\x000\0transport\0smtp\0nexthop\0[h]:25\0recipient\0u@x\0flags\x004096\0\0",
+        )
+        .unwrap()
+        .unwrap();
+        let (r, disc) = Resolver::parse(&l, b"u@x").unwrap();
+        assert_eq!(
+            (r.transport.as_slice(), r.flags, disc),
+            (&b"smtp"[..], 4096, false)
+        );
+        let (l, _) =
+            AttrList::parse(b"flags\x000\0transport\0\0nexthop\0\0recipient\0u@x\0flags\x000\0\0")
+                .unwrap()
+                .unwrap();
+        assert!(Resolver::parse(&l, b"u@x").is_err());
+    }
+}
