@@ -1,1 +1,156 @@
-fn main() {}
+//! rqmgr's entry point: the startup sequence of a Postfix trigger server
+//! (`master/trigger_server.c:trigger_server_main`, `qmgr/qmgr.c:main`):
+//! options, main.cf, logging, sanity checks, chdir to the queue directory,
+//! privilege drop, then the single-threaded event loop.
+
+use clap::Parser;
+use rqmgr::config::{MainCf, Params};
+use rqmgr::daemon::Daemon;
+use rqmgr::log::{self, LogSetup};
+use rqmgr::master::{self, DaemonOptions, Watchdog};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The program name used in log tags: basename(argv[0]), except that
+/// `rqmgr` logs as `qmgr`, so that installed under its own name it still
+/// writes the `postfix/qmgr[pid]` lines pflogsumm and people's greps expect.
+fn program_name() -> String {
+    let argv0 = std::env::args().next().unwrap_or_else(|| "qmgr".into());
+    let base = argv0.rsplit('/').next().unwrap_or("qmgr").to_string();
+    if base == "rqmgr" {
+        "qmgr".into()
+    } else {
+        base
+    }
+}
+
+fn early_setup(tag: &str, stderr: bool) -> LogSetup {
+    LogSetup {
+        tag: tag.to_string(),
+        maillog_file: String::new(),
+        maillog_file_prefixes: String::new(),
+        queue_directory: String::new(),
+        postlog_service_name: String::new(),
+        myhostname: String::new(),
+        syslog_facility: "mail".into(),
+        stderr,
+        verbose: false,
+        internal_address_form: false,
+    }
+}
+
+fn main() {
+    // SAFETY: setting signal dispositions before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let progname = program_name();
+    let opts = match DaemonOptions::try_parse() {
+        Ok(o) => o,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            let _ = log::init(&early_setup(&format!("postfix/{progname}"), true));
+            log::fatal(&format!(
+                "invalid option: {}",
+                e.to_string().lines().next().unwrap_or("")
+            ));
+        }
+    };
+    let _ = log::init(&early_setup(&format!("postfix/{progname}"), opts.stderr));
+
+    // main.cf, then -o overrides (mail_conf_suck, mail_conf_update).
+    let config_dir =
+        PathBuf::from(std::env::var("MAIL_CONFIG").unwrap_or_else(|_| "/etc/postfix".into()));
+    let mut cf = MainCf::load(&config_dir).unwrap_or_else(|e| log::fatal(&e.to_string()));
+    for o in &opts.overrides {
+        cf.apply_override(o)
+            .unwrap_or_else(|e| log::fatal(&e.to_string()));
+    }
+    let (params, adjustments) =
+        Params::read(&mut cf).unwrap_or_else(|e| log::fatal(&e.to_string()));
+    std::env::set_var("MAIL_LOGTAG", &params.syslog_name);
+    let verbose = opts.verbose > 0 || std::env::var_os("MAIL_VERBOSE").is_some();
+    let setup = LogSetup {
+        tag: format!("{}/{}", params.syslog_name, progname),
+        maillog_file: params.maillog_file.clone(),
+        maillog_file_prefixes: params.maillog_file_prefixes.clone(),
+        queue_directory: params.queue_directory.clone(),
+        postlog_service_name: params.postlog_service_name.clone(),
+        myhostname: params.myhostname.clone(),
+        syslog_facility: params.syslog_facility.clone(),
+        stderr: opts.stderr,
+        verbose,
+        internal_address_form: params.info_log_address_format_internal,
+    };
+    if let Err(e) = log::init(&setup) {
+        log::fatal(&e);
+    }
+    for w in cf.warnings.iter().chain(adjustments.iter()) {
+        tracing::warn!("{w}");
+    }
+    if let Some(arg) = opts.extra.first() {
+        log::fatal(&format!("unexpected command-line argument: {arg}"));
+    }
+    if opts.stand_alone {
+        log::fatal("stand-alone mode (-S) is not supported");
+    }
+    if !opts.solitary {
+        let service = opts
+            .service_name
+            .clone()
+            .unwrap_or_else(|| progname.clone());
+        log::fatal(&format!("service {service} requires a process limit of 1"));
+    }
+    // SAFETY: isatty only inspects descriptor 0.
+    if !opts.no_detach && unsafe { libc::isatty(0) } == 1 {
+        log::fatal("do not run this command by hand");
+    }
+    let kind = opts.service_type().unwrap_or_else(|e| log::fatal(&e));
+    let generation = master::generation_from_env().unwrap_or_else(|e| log::fatal(&e));
+    if progname == "nqmgr" {
+        tracing::warn!("please update the master.cf entry for the qmgr service: use \"qmgr\" instead of \"nqmgr\"");
+    }
+
+    if let Err(e) = std::env::set_current_dir(&params.queue_directory) {
+        log::fatal(&format!(
+            "chdir(\"{}\"): {}",
+            params.queue_directory,
+            log::errno_text(&e)
+        ));
+    }
+    let user = opts.unprivileged.then_some(params.mail_owner.as_str());
+    let root = opts.chroot.then_some(params.queue_directory.as_str());
+    if let Err(e) = master::drop_privileges(user, root) {
+        log::fatal(&e);
+    }
+    for fd in [
+        master::FLOW_READ_FD,
+        master::FLOW_WRITE_FD,
+        master::STATUS_FD,
+        master::LISTEN_FD,
+    ] {
+        master::close_on_exec(fd);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| log::fatal(&format!("runtime: {e}")));
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut daemon = Daemon::new(params.clone(), cf);
+        if let Err(e) = daemon.start() {
+            log::fatal(&format!("qmgr_move: {}", log::errno_text(&e)));
+        }
+        let (trig_tx, trig_rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Err(e) = master::spawn_listener(kind, generation, trig_tx) {
+            log::fatal(&format!("listen descriptor: {}", log::errno_text(&e)));
+        }
+        let watchdog = Watchdog::start(Duration::from_secs(params.qmgr_daemon_timeout as u64));
+        daemon.run(trig_rx, watchdog).await;
+    });
+}

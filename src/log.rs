@@ -1,0 +1,430 @@
+//! Logging in Postfix's format, so that pflogsumm and people's greps keep
+//! working: lines tagged `<syslog_name>/<program>[pid]`, severities as
+//! `warning: ` / `error: ` / `fatal: ` prefixes, sent to syslog or to
+//! postlogd(8) (`maillog_file`), optionally also to stderr (`-V`).
+//!
+//! rqmgr logs through `tracing`: `info!` is a plain line, `warn!` a
+//! `warning:` line, `error!` an `error:` line; `debug!` lines appear only
+//! with `-v` (Postfix's verbose logging). [`fatal`] logs and exits.
+//!
+//! Follows `global/maillog_client.c`, `util/msg_logger.c`,
+//! `util/msg_syslog.c`, `global/mail_task.c` and, for addresses,
+//! `global/info_log_addr_form.c` + `global/quote_822_local.c`.
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, OnceLock};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+
+/// Longest text per line, as `MSG_LOGGER_RECLEN` / syslog's 2000-byte cut.
+const MAX_TEXT: usize = 2000;
+
+/// Where log lines go.
+enum Sink {
+    /// postlogd's datagram socket; lines are fully formatted by us.
+    Postlog {
+        sock: Option<UnixDatagram>,
+        path: String,
+        hostname: String,
+    },
+    /// The system logger via libc's syslog(3).
+    Syslog,
+}
+
+struct Logger {
+    tag: String,
+    sink: Sink,
+    stderr: bool,
+    verbose: bool,
+}
+
+static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
+static INTERNAL_ADDR_FORM: OnceLock<bool> = OnceLock::new();
+
+/// How to log, from main.cf and the command line.
+#[derive(Debug, Clone)]
+pub struct LogSetup {
+    /// `<syslog_name>/<program>`, e.g. `postfix/qmgr`.
+    pub tag: String,
+    /// `maillog_file` (empty = syslog unless `POSTLOG_SERVICE` is inherited).
+    pub maillog_file: String,
+    /// `maillog_file_prefixes`.
+    pub maillog_file_prefixes: String,
+    /// `queue_directory`.
+    pub queue_directory: String,
+    /// `postlog_service_name`.
+    pub postlog_service_name: String,
+    /// `myhostname`.
+    pub myhostname: String,
+    /// `syslog_facility`.
+    pub syslog_facility: String,
+    /// `-V`: also log to stderr.
+    pub stderr: bool,
+    /// `-v`: log debug lines too.
+    pub verbose: bool,
+    /// `info_log_address_format = internal`.
+    pub internal_address_form: bool,
+}
+
+fn facility(name: &str) -> libc::c_int {
+    match name.to_ascii_lowercase().as_str() {
+        "auth" => libc::LOG_AUTH,
+        "authpriv" => libc::LOG_AUTHPRIV,
+        "cron" => libc::LOG_CRON,
+        "daemon" => libc::LOG_DAEMON,
+        "kern" => libc::LOG_KERN,
+        "lpr" => libc::LOG_LPR,
+        "news" => libc::LOG_NEWS,
+        "security" => libc::LOG_AUTH,
+        "syslog" => libc::LOG_SYSLOG,
+        "user" => libc::LOG_USER,
+        "uucp" => libc::LOG_UUCP,
+        "local0" => libc::LOG_LOCAL0,
+        "local1" => libc::LOG_LOCAL1,
+        "local2" => libc::LOG_LOCAL2,
+        "local3" => libc::LOG_LOCAL3,
+        "local4" => libc::LOG_LOCAL4,
+        "local5" => libc::LOG_LOCAL5,
+        "local6" => libc::LOG_LOCAL6,
+        "local7" => libc::LOG_LOCAL7,
+        _ => libc::LOG_MAIL,
+    }
+}
+
+/// Starts logging as `setup` says and installs the tracing subscriber.
+/// Must run before chroot (it connects the postlog socket and reads the
+/// time zone). May be called again to switch sinks (e.g. after main.cf has
+/// been read); the subscriber itself is installed once.
+///
+/// Errors: a `maillog_file` outside `maillog_file_prefixes` (Postfix: fatal).
+pub fn init(setup: &LogSetup) -> Result<(), String> {
+    let _ = INTERNAL_ADDR_FORM.set(setup.internal_address_form);
+    let import_host = std::env::var("POSTLOG_HOSTNAME")
+        .ok()
+        .filter(|s| !s.is_empty());
+    // Once main.cf has been read, Postfix chooses postlog mode exactly when
+    // maillog_file is set (an inherited POSTLOG_SERVICE no longer counts).
+    let sink = if !setup.maillog_file.is_empty() {
+        let prefixes: Vec<&str> = setup
+            .maillog_file_prefixes
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !prefixes.iter().any(|p| setup.maillog_file.starts_with(p)) {
+            return Err(format!(
+                "maillog_file value '{}' does not match any prefix in maillog_file_prefixes",
+                setup.maillog_file
+            ));
+        }
+        let hostname = if !setup.myhostname.is_empty() {
+            setup.myhostname.clone()
+        } else {
+            import_host.unwrap_or_else(|| "amnesiac".into())
+        };
+        let path = format!(
+            "{}/public/{}",
+            setup.queue_directory, setup.postlog_service_name
+        );
+        std::env::set_var("POSTLOG_SERVICE", &path);
+        std::env::set_var("POSTLOG_HOSTNAME", &hostname);
+        let sock = connect_postlog(&path);
+        Sink::Postlog {
+            sock,
+            path,
+            hostname,
+        }
+    } else {
+        std::env::remove_var("POSTLOG_SERVICE");
+        std::env::remove_var("POSTLOG_HOSTNAME");
+        let ident: &'static std::ffi::CStr = Box::leak(
+            CString::new(setup.tag.clone())
+                .unwrap_or_else(|_| c"postfix/qmgr".to_owned())
+                .into_boxed_c_str(),
+        );
+        // SAFETY: ident is a leaked, NUL-terminated string that lives for the
+        // rest of the process, as openlog(3) requires.
+        unsafe {
+            libc::openlog(
+                ident.as_ptr(),
+                libc::LOG_PID | libc::LOG_NDELAY,
+                facility(&setup.syslog_facility),
+            )
+        };
+        Sink::Syslog
+    };
+    // SAFETY: tzset has no preconditions; it reads TZ and /etc/localtime
+    // before any chroot so that localtime_r keeps working afterwards.
+    unsafe { tzset() };
+    let logger = Logger {
+        tag: setup.tag.clone(),
+        sink,
+        stderr: setup.stderr,
+        verbose: setup.verbose,
+    };
+    match LOGGER.get() {
+        Some(m) => *m.lock().unwrap_or_else(|e| e.into_inner()) = logger,
+        None => {
+            let _ = LOGGER.set(Mutex::new(logger));
+            use tracing_subscriber::prelude::*;
+            let _ = tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(PostfixLayer),
+            );
+        }
+    }
+    Ok(())
+}
+
+extern "C" {
+    fn tzset();
+}
+
+fn connect_postlog(path: &str) -> Option<UnixDatagram> {
+    let sock = UnixDatagram::unbound().ok()?;
+    sock.connect(path).ok()?;
+    let _ = sock.set_nonblocking(true);
+    Some(sock)
+}
+
+/// Logs `fatal: <text>` and exits with status 1, as Postfix's `msg_fatal`.
+pub fn fatal(text: &str) -> ! {
+    emit(Severity::Fatal, text);
+    std::process::exit(1)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Info,
+    Warning,
+    Error,
+    Fatal,
+}
+
+impl Severity {
+    fn prefix(self) -> &'static str {
+        match self {
+            Severity::Info => "",
+            Severity::Warning => "warning: ",
+            Severity::Error => "error: ",
+            Severity::Fatal => "fatal: ",
+        }
+    }
+    fn syslog_priority(self) -> libc::c_int {
+        match self {
+            Severity::Info => libc::LOG_INFO,
+            Severity::Warning => libc::LOG_WARNING,
+            Severity::Error => libc::LOG_ERR,
+            Severity::Fatal => libc::LOG_CRIT,
+        }
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn local_timestamp() -> String {
+    let mut now: libc::time_t = 0;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let mut buf = [0u8; 64];
+    // SAFETY: time/localtime_r/strftime write only into the locals passed,
+    // and the format string is NUL-terminated.
+    let len = unsafe {
+        libc::time(&mut now);
+        libc::localtime_r(&now, &mut tm);
+        libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%b %d %H:%M:%S ".as_ptr(),
+            &tm,
+        )
+    };
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+fn emit(sev: Severity, text: &str) {
+    let text = truncate(text);
+    let Some(lock) = LOGGER.get() else {
+        eprintln!("postfix/qmgr: {}{}", sev.prefix(), text);
+        return;
+    };
+    let mut logger = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if logger.stderr {
+        eprintln!("{}: {}{}", logger.tag, sev.prefix(), text);
+    }
+    let tag = logger.tag.clone();
+    match &mut logger.sink {
+        Sink::Syslog => {
+            let line = format!("{}{}", sev.prefix(), text);
+            if let Ok(c) = CString::new(line.replace('\0', "?")) {
+                // SAFETY: "%s" with one valid C string argument.
+                unsafe { libc::syslog(sev.syslog_priority(), c"%s".as_ptr(), c.as_ptr()) };
+            }
+        }
+        Sink::Postlog {
+            sock,
+            path,
+            hostname,
+        } => {
+            let host = hostname.split('.').next().unwrap_or("");
+            let line = format!(
+                "{}{} {}[{}]: {}{}",
+                local_timestamp(),
+                host,
+                tag,
+                pid,
+                sev.prefix(),
+                text
+            );
+            if sock.is_none() {
+                *sock = connect_postlog(path);
+            }
+            if let Some(s) = sock {
+                if s.send(line.as_bytes()).is_err() {
+                    // postlogd may have restarted: reconnect once.
+                    *sock = connect_postlog(path);
+                    if let Some(s) = sock {
+                        let _ = s.send(line.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns tracing events into Postfix log lines.
+struct PostfixLayer;
+
+struct MessageVisitor(String);
+
+impl Visit for MessageVisitor {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={:?}", field.name(), value);
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={}", field.name(), value);
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for PostfixLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        let sev = if level == Level::ERROR {
+            Severity::Error
+        } else if level == Level::WARN {
+            Severity::Warning
+        } else if level == Level::INFO {
+            Severity::Info
+        } else {
+            let verbose = LOGGER
+                .get()
+                .is_some_and(|l| l.lock().map(|l| l.verbose).unwrap_or(false));
+            if !verbose {
+                return;
+            }
+            Severity::Info
+        };
+        let mut v = MessageVisitor(String::new());
+        event.record(&mut v);
+        emit(sev, &v.0);
+    }
+}
+
+/// The text of an I/O error as C's `%m` prints it ("No such file or
+/// directory"), without Rust's "(os error N)" suffix.
+pub fn errno_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Formats an address for `from=<...>` / `to=<...>` fields per
+/// `info_log_address_format`: `external` (the default) quotes a local part
+/// that is not a valid dot-atom, as `quote_822_local` does; `internal` logs
+/// it as is.
+pub fn addr(address: &[u8]) -> String {
+    let text = String::from_utf8_lossy(address);
+    if INTERNAL_ADDR_FORM.get().copied().unwrap_or(false) || address.is_empty() {
+        return text.into_owned();
+    }
+    quote_822_local(&text)
+}
+
+fn needs_quoting(local: &str) -> bool {
+    if local.is_empty() {
+        return false;
+    }
+    let b = local.as_bytes();
+    if b[0] == b'.' || b[b.len() - 1] == b'.' || local.contains("..") {
+        return true;
+    }
+    b.iter()
+        .any(|&c| c < 0x20 || c == 0x7f || c == b' ' || b"()<>@,;:\\\"[]".contains(&c))
+}
+
+/// Quotes the local part of `address` (before the last `@`) when needed.
+pub fn quote_822_local(address: &str) -> String {
+    let (local, domain) = match address.rfind('@') {
+        Some(at) => (&address[..at], Some(&address[at..])),
+        None => (address, None),
+    };
+    if !needs_quoting(local) {
+        return address.to_string();
+    }
+    let mut out = String::with_capacity(address.len() + 4);
+    out.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' || c == '\r' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    if let Some(d) = domain {
+        out.push_str(d);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_822_local("user@example.com"), "user@example.com");
+        assert_eq!(
+            quote_822_local("john doe@example.com"),
+            "\"john doe\"@example.com"
+        );
+        assert_eq!(quote_822_local("a\"b@x"), "\"a\\\"b\"@x");
+        assert_eq!(quote_822_local(".dot@x"), "\".dot\"@x");
+        assert_eq!(quote_822_local("postmaster"), "postmaster");
+        assert_eq!(addr(b""), "");
+    }
+
+    #[test]
+    fn errno_texts() {
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(errno_text(&e), "No such file or directory");
+    }
+}
