@@ -399,17 +399,25 @@ fn delivers_200_messages_from_smtp_source(q: Qmgr) {
             && l.status() == Some("sent")
             && l.field("to") == Some("<rcpt@sink.example>")
     };
-    let lines = inst.wait_for_log(&format!("{N} status=sent and {N} removed lines"), |lines| {
-        lines.iter().filter(|l| is_sent(l)).count() >= N
-            && lines.iter().filter(|l| l.is_removed()).count() >= N
+    inst.wait_progress(&format!("{N} status=sent and {N} removed lines"), || {
+        let lines = inst.log_lines();
+        let sent = distinct_ids(&lines, is_sent);
+        let removed = distinct_ids(&lines, |l| l.is_removed());
+        if sent.len() >= N && removed.len() >= N {
+            return Ok(());
+        }
+        let not_removed: Vec<&String> = sent.difference(&removed).take(10).collect();
+        Err(format!(
+            "{} sent, {} removed, smtp-sink has {}; sent but not removed: {not_removed:?}",
+            sent.len(),
+            removed.len(),
+            inst.sink.message_count()
+        ))
     });
     inst.wait_queue_empty();
-    let lines = {
-        // Let stragglers (duplicates, if any) reach the log before counting.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let _ = lines;
-        inst.log_lines()
-    };
+    // Let stragglers (duplicates, if any) reach the log before counting.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let lines = inst.log_lines();
     let sent_lines = lines.iter().filter(|l| is_sent(l)).count();
     let sent_ids = distinct_ids(&lines, is_sent);
     let removed_lines = lines.iter().filter(|l| l.is_removed()).count();

@@ -307,10 +307,11 @@ impl Instance {
         format!("{user}@{HOSTNAME}")
     }
 
-    /// A token unique to this instance and call, to mark a test message.
+    /// A token unique to this process and call, to mark a test message. Its
+    /// counter has a fixed width, so no token is a prefix of another.
     pub fn unique_token(&self, what: &str) -> String {
         format!(
-            "{what}-{}-{}-{}",
+            "{what}-{}-{}-{:06}",
             self.opts.qmgr.tag(),
             std::process::id(),
             MSG_COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -666,16 +667,28 @@ impl Instance {
     /// Waits until `cond` holds, polling every 50 ms, for at most the
     /// instance's timeout; then fails the test with what it saw.
     pub fn wait_until<F: FnMut() -> bool>(&self, what: &str, mut cond: F) {
+        self.wait_progress(what, || if cond() { Ok(()) } else { Err(String::new()) });
+    }
+
+    /// Like [`Instance::wait_until`], but `step` says how far it got
+    /// (`Err(progress)`), and a timeout reports the last progress seen.
+    pub fn wait_progress<F: FnMut() -> Result<(), String>>(&self, what: &str, mut step: F) {
         let start = Instant::now();
         loop {
-            if cond() {
-                return;
-            }
+            let progress = match step() {
+                Ok(()) => return,
+                Err(p) => p,
+            };
+            let seen = if progress.is_empty() {
+                String::new()
+            } else {
+                format!(" (last seen: {progress})")
+            };
             if self.opts.fail_fast {
                 let lines = self.log_lines();
                 if let Some(bad) = log::qmgr_trouble(&lines) {
                     self.fail(&format!(
-                        "gave up waiting for {what} after {:.1} s: the queue manager ({}) failed:\n  {}",
+                        "gave up waiting for {what}{seen} after {:.1} s: the queue manager ({}) failed:\n  {}",
                         start.elapsed().as_secs_f64(),
                         self.opts.qmgr.path().display(),
                         bad.raw
@@ -684,7 +697,7 @@ impl Instance {
             }
             if start.elapsed() > self.opts.timeout {
                 self.fail(&format!(
-                    "timed out after {} s waiting for {what}",
+                    "timed out after {} s waiting for {what}{seen}",
                     self.opts.timeout.as_secs()
                 ));
             }
