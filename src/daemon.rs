@@ -399,7 +399,7 @@ impl Daemon {
             }
             let idx = (self.first_scan + i) % 2;
             last = idx;
-            if let Some(id) = self.scans[idx].next() {
+            if let Some(id) = self.scans[idx].next_id() {
                 produced = true;
                 if self.feed(idx, &id).await {
                     fed_incoming = idx == INCOMING_IDX;

@@ -184,7 +184,8 @@ extern "C" {
 fn connect_postlog(path: &str) -> Option<UnixDatagram> {
     let sock = UnixDatagram::unbound().ok()?;
     sock.connect(path).ok()?;
-    let _ = sock.set_nonblocking(true);
+    // Blocking, as msg_logger.c connects: a full socket queue must slow us
+    // down, not silently drop log lines.
     Some(sock)
 }
 

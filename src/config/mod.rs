@@ -452,7 +452,7 @@ mod tests {
         let mut c = cf("x = $queue_run_delay\n");
         assert_eq!(c.get_time("queue_run_delay", "300s", 1, 0).unwrap(), 300);
         assert_eq!(c.lookup("x").unwrap().unwrap(), "300s");
-        assert_eq!(c.get_bool("flag", true).unwrap(), true);
+        assert!(c.get_bool("flag", true).unwrap());
         assert_eq!(c.get_int("n", 20, 0, 0).unwrap(), 20);
         assert_eq!(
             c.get_int2("smtp", "_destination_concurrency_limit", 20, 0, 0)

@@ -212,6 +212,7 @@ fn set_once(slot: &mut Option<Vec<u8>>, value: &[u8], id: &str, name: &str) {
 ///
 /// Errors: [`Rejected`] for a damaged file (the batch is discarded and the
 /// resume state restored, as qmgr does).
+#[allow(clippy::too_many_arguments)] // to be folded into a per-file context
 pub fn read_batch<R: Read + Seek>(
     file: R,
     file_len: u64,
@@ -656,15 +657,9 @@ fn apply_attribute(
         b"sasl_sender" => set_once(&mut env.sasl_sender, value, id, "sasl_sender"),
         b"log_ident" => set_once(&mut env.log_ident, value, id, "log_ident"),
         b"rewrite_context" => set_once(&mut env.rewrite_context, value, id, "rewrite_context"),
-        b"trace_flags" => {
-            if env.tflags == 0 {
-                env.tflags = (atol(value) as u32) & del_flag::TRACE_MASK;
-                env.tflags_offset = if env.tflags == del_flag::RECORD {
-                    offset
-                } else {
-                    0
-                };
-            }
+        b"trace_flags" if env.tflags == 0 => {
+            env.tflags = (atol(value) as u32) & del_flag::TRACE_MASK;
+            env.tflags_offset = if env.tflags == del_flag::RECORD { offset } else { 0 };
         }
         _ => {}
     }

@@ -66,7 +66,11 @@ fn safe_decode(s: &str, base: u64) -> Option<u64> {
 fn hash_key(id: &str) -> std::borrow::Cow<'_, str> {
     if let Some(z) = id.rfind('z') {
         if z >= 10 {
-            let usec = safe_decode(&id[z - 4..z], 52).unwrap_or(0);
+            // `get`: an id that failed queue_id_ok may have non-ASCII there.
+            let usec = id
+                .get(z - 4..z)
+                .and_then(|s| safe_decode(s, 52))
+                .unwrap_or(0);
             return format!("{:05X}", usec as u32).into();
         }
     }
@@ -193,7 +197,7 @@ impl Spool {
         let mut moved = 0;
         let mut scanner = Scanner::new(ACTIVE);
         scanner.request(ScanFlags::START);
-        while let Some(id) = scanner.next() {
+        while let Some(id) = scanner.next_id() {
             if !queue_id_ok(&id) {
                 tracing::warn!("qmgr_move: ignored: queue {ACTIVE} id {id}");
                 continue;

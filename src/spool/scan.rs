@@ -115,7 +115,7 @@ impl Scanner {
 
     /// The next candidate queue id, or `None` when the run is over and no
     /// further run was requested (`qmgr_scan_next`).
-    pub fn next(&mut self) -> Option<String> {
+    pub fn next_id(&mut self) -> Option<String> {
         if self.walk.is_some() {
             if let Some(id) = self.walk_next() {
                 return Some(id);
