@@ -99,9 +99,11 @@ impl<R: Read + Seek> RecordReader<R> {
 
     /// Moves to `offset` (keeps the buffer when the target is inside it).
     ///
-    /// Errors: the underlying seek error.
+    /// Errors: the underlying seek error, or `InvalidInput` for a distance
+    /// that does not fit an `i64` (a pointer record's value is file data).
     pub fn seek(&mut self, offset: u64) -> io::Result<()> {
-        let delta = offset as i64 - self.pos as i64;
+        let delta = i64::try_from(i128::from(offset) - i128::from(self.pos))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek offset out of range"))?;
         self.inner.seek_relative(delta)?;
         self.pos = offset;
         Ok(())
