@@ -135,7 +135,7 @@ pub fn format_tv(sec: i64, usec: i64, sig_dig: u32, max_dig: u32) -> String {
     if ures > 1 {
         usec += ures / 2;
         if usec >= MILLION {
-            sec += 1;
+            sec = sec.saturating_add(1);
             usec -= MILLION;
         }
     }
@@ -152,21 +152,20 @@ pub fn format_tv(sec: i64, usec: i64, sig_dig: u32, max_dig: u32) -> String {
     out
 }
 
+/// `a - b`, normalised like Postfix's `DELTA` loop (microseconds in
+/// 0..1000000, negative results as 0), but in constant time and without
+/// overflow: the arrival time comes from the queue file's `T` record, whose
+/// microseconds may be any number.
 fn delta(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
-    let mut s = a.0 - b.0;
-    let mut u = a.1 - b.1;
-    while u < 0 {
-        u += 1_000_000;
-        s -= 1;
-    }
-    while u >= 1_000_000 {
-        u -= 1_000_000;
-        s += 1;
-    }
+    let u = i128::from(a.1) - i128::from(b.1);
+    let s = i128::from(a.0) - i128::from(b.0) + u.div_euclid(1_000_000);
     if s < 0 {
         (0, 0)
     } else {
-        (s, u)
+        (
+            i64::try_from(s).unwrap_or(i64::MAX),
+            u.rem_euclid(1_000_000) as i64,
+        )
     }
 }
 
