@@ -5,9 +5,17 @@
 //! compatibility-level variants `<level`, `<=level`, ... (`global/compat_level.c`).
 
 use super::ConfigError;
+use std::cell::Cell;
 
 /// Nesting limit for recursive expansion (mac_expand's "unreasonable macro call nesting").
 const MAX_DEPTH: usize = 100;
+
+/// Work allowed for one expansion: references followed plus bytes copied.
+/// Nesting is limited, but values that each use the next one twice
+/// (`a = $b$b`, `b = $c$c`, ...) double the work at every level; past this
+/// budget expansion fails instead of exhausting memory or time. Real main.cf
+/// values use a tiny fraction of it.
+const MAX_WORK: usize = 1 << 22;
 
 /// Expands `value` recursively; `lookup` returns the raw value of a name or
 /// `None` when it is undefined (undefined names expand to nothing).
@@ -16,8 +24,16 @@ const MAX_DEPTH: usize = 100;
 /// than 100 levels give [`ConfigError::Macro`].
 pub fn expand(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(value.len());
-    expand_into(value, lookup, 0, &mut out)?;
+    expand_into(value, lookup, 0, &Cell::new(0), &mut out)?;
     Ok(out)
+}
+
+fn charge(work: &Cell<usize>, n: usize, value: &str) -> Result<(), ConfigError> {
+    work.set(work.get().saturating_add(n));
+    if work.get() > MAX_WORK {
+        return Err(err(value, "unreasonable macro expansion size"));
+    }
+    Ok(())
 }
 
 fn err(value: &str, what: &str) -> ConfigError {
@@ -28,6 +44,7 @@ fn expand_into(
     value: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     depth: usize,
+    work: &Cell<usize>,
     out: &mut String,
 ) -> Result<(), ConfigError> {
     if depth > MAX_DEPTH {
@@ -43,6 +60,7 @@ fn expand_into(
                 .iter()
                 .position(|&b| b == b'$')
                 .map_or(bytes.len(), |p| i + p);
+            charge(work, end - i, value)?;
             out.push_str(&value[i..end]);
             i = end;
             continue;
@@ -88,7 +106,8 @@ fn expand_into(
         if expr.is_empty() {
             return Err(err(value, "empty macro name"));
         }
-        expand_expr(expr, lookup, depth + 1, out)?;
+        charge(work, 1, value)?;
+        expand_expr(expr, lookup, depth + 1, work, out)?;
     }
     Ok(())
 }
@@ -120,6 +139,7 @@ fn expand_expr(
     expr: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     depth: usize,
+    work: &Cell<usize>,
     out: &mut String,
 ) -> Result<(), ConfigError> {
     // Either a relational test `{a} op {b}` or a name, then optionally `?` / `:`.
@@ -139,8 +159,11 @@ fn expand_expr(
         }
         let (right, after_right) =
             curly_payload(after_op)?.ok_or_else(|| err(expr, "\"{expression}\" expected"))?;
-        let l = expand(left, lookup)?;
-        let r = expand(right, lookup)?;
+        // Same depth as the enclosing expression: `a = ${{$a} == {x}}` must
+        // hit the nesting limit, not overflow the stack.
+        let (mut l, mut r) = (String::new(), String::new());
+        expand_into(left, lookup, depth, work, &mut l)?;
+        expand_into(right, lookup, depth, work, &mut r)?;
         let result = if level_op {
             compare_levels(&l, op, &r)
         } else {
@@ -166,6 +189,7 @@ fn expand_expr(
             return Err(err(expr, "attribute name syntax error"));
         }
         let v = lookup(name);
+        charge(work, v.as_ref().map_or(0, String::len), expr)?;
         truth = Some(v.as_deref().is_some_and(|s| !s.is_empty()));
         plain_value = v;
         rest = after;
@@ -173,7 +197,7 @@ fn expand_expr(
     let truth = truth.unwrap_or(false);
     if rest.is_empty() {
         if let Some(v) = plain_value {
-            expand_into(&v, lookup, depth, out)?;
+            expand_into(&v, lookup, depth, work, out)?;
         } else if truth {
             // A relational test without ?/: expands to nothing useful in Postfix either.
         }
@@ -213,7 +237,7 @@ fn expand_expr(
     }
     let chosen = if truth { if_true } else { if_false };
     if let Some(text) = chosen {
-        expand_into(text, lookup, depth, out)?;
+        expand_into(text, lookup, depth, work, out)?;
     }
     Ok(())
 }
