@@ -127,6 +127,15 @@ pub struct Opts {
     /// Stop a wait at once when the log shows that the qmgr crashed or was
     /// throttled by master(8).
     pub fail_fast: bool,
+    /// The master.cf service type of qmgr: `unix` (the default) or `fifo`.
+    pub qmgr_service_type: String,
+    /// Extra transport_maps entries (`domain`, `transport:nexthop`),
+    /// appended after the standard routes.
+    pub transports: Vec<(String, String)>,
+    /// Some(seconds): also start a second smtp-sink, for route
+    /// `slow.example`, that waits that long before it answers DATA
+    /// (`smtp-sink -w seconds`). See [`Instance::slow_sink`].
+    pub slow_sink_delay: Option<u32>,
 }
 
 impl Opts {
@@ -143,6 +152,9 @@ impl Opts {
             main_cf: Vec::new(),
             timeout: Duration::from_secs(timeout),
             fail_fast: true,
+            qmgr_service_type: "unix".to_string(),
+            transports: Vec::new(),
+            slow_sink_delay: None,
         }
     }
 
@@ -168,6 +180,34 @@ impl Opts {
 
     pub fn timeout(mut self, t: Duration) -> Opts {
         self.timeout = t;
+        self
+    }
+
+    /// qmgr as a `fifo` service (`qmgr fifo n - n 300 1 qmgr`): public/qmgr
+    /// is then a FIFO instead of a socket.
+    pub fn qmgr_fifo(mut self) -> Opts {
+        self.qmgr_service_type = "fifo".to_string();
+        self
+    }
+
+    /// An extra transport_maps entry, e.g. `("nosuch.example", "nosuch:")`.
+    pub fn transport(mut self, domain: &str, nexthop: &str) -> Opts {
+        self.transports
+            .push((domain.to_string(), nexthop.to_string()));
+        self
+    }
+
+    /// A second smtp-sink behind route `slow.example` that delays its
+    /// answer to DATA by `seconds`.
+    pub fn slow_sink(mut self, seconds: u32) -> Opts {
+        self.slow_sink_delay = Some(seconds);
+        self
+    }
+
+    /// Whether the test keeps no wait going when the qmgr is killed or
+    /// throttled (false for tests that kill the qmgr themselves).
+    pub fn fail_fast(mut self, on: bool) -> Opts {
+        self.fail_fast = on;
         self
     }
 }
@@ -217,6 +257,9 @@ pub struct Instance {
     pub closed_port: u16,
     /// The smtp-sink behind route `sink.example`.
     pub sink: SmtpSink,
+    /// The slow smtp-sink behind route `slow.example`, if
+    /// [`Opts::slow_sink`] asked for one.
+    pub slow_sink: Option<SmtpSink>,
     qmgr_enabled: bool,
     stopped: bool,
 }
@@ -246,6 +289,10 @@ impl Instance {
         let sink_port = sys::free_port();
         make_layout(&root, &opts.qmgr.path());
         let sink = SmtpSink::start(&root.join("sink"), sink_port);
+        let slow_sink = opts.slow_sink_delay.map(|secs| {
+            let port = sys::free_port();
+            SmtpSink::start_with(&root.join("slow-sink"), port, &["-w", &secs.to_string()])
+        });
         let inst = Instance {
             qmgr_enabled: opts.qmgr_enabled,
             opts,
@@ -253,6 +300,7 @@ impl Instance {
             smtpd_port,
             closed_port,
             sink,
+            slow_sink,
             stopped: false,
         };
         inst.write_config();
@@ -359,13 +407,19 @@ impl Instance {
         }
         write_file(&etc.join("main.cf"), &main);
 
-        let transport = format!(
+        let mut transport = format!(
             "discard.example discard:\n\
              sink.example smtp:[127.0.0.1]:{}\n\
              error.example error:5.1.1 mailbox unavailable\n\
              closed.example smtp:[127.0.0.1]:{}\n",
             self.sink.port, self.closed_port
         );
+        if let Some(slow) = &self.slow_sink {
+            let _ = writeln!(transport, "slow.example smtp:[127.0.0.1]:{}", slow.port);
+        }
+        for (domain, nexthop) in &self.opts.transports {
+            let _ = writeln!(transport, "{domain} {nexthop}");
+        }
         write_file(&etc.join("transport"), &transport);
 
         let mut aliases = String::new();
@@ -388,7 +442,7 @@ impl Instance {
              127.0.0.1:{port} inet n - n - - smtpd\n\
              pickup    unix  n       -       n       60      1       pickup\n\
              cleanup   unix  n       -       n       -       0       cleanup{cleanup_opts}\n\
-             {qmgr_hash}qmgr      unix  n       -       n       300     1       qmgr\n\
+             {qmgr_hash}qmgr      {qmgr_type:<5} n       -       n       300     1       qmgr\n\
              rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
              bounce    unix  -       -       n       -       0       bounce\n\
              defer     unix  -       -       n       -       0       bounce\n\
@@ -409,7 +463,8 @@ impl Instance {
              anvil     unix  -       -       n       -       1       anvil\n\
              scache    unix  -       -       n       -       1       scache\n\
              postlog   unix-dgram n  -       n       -       1       postlogd\n",
-            port = self.smtpd_port
+            port = self.smtpd_port,
+            qmgr_type = self.opts.qmgr_service_type,
         );
         write_file(&self.etc().join("master.cf"), &master);
     }
@@ -509,9 +564,53 @@ impl Instance {
     }
 
     /// `postkick -c ROOT/etc public qmgr <request>` (request e.g. "I", "A", "F", "W").
+    ///
+    /// Over a socket, postkick writes the request and then a NUL byte; a
+    /// qmgr that has read the request and closed the connection before the
+    /// NUL arrives kills postkick with SIGPIPE (Postfix's own qmgr does that
+    /// now and then). The request was delivered then, so that counts as
+    /// success too.
     pub fn postkick_qmgr(&self, request: &str) {
+        use std::os::unix::process::ExitStatusExt;
         let c = self.config_dir();
-        self.run_ok(POSTKICK, &["-c", &c, "public", "qmgr", request]);
+        let args = ["-c", c.as_str(), "public", "qmgr", request];
+        let out = self.run(POSTKICK, &args);
+        let sigpipe = !out.timed_out && out.status.and_then(|s| s.signal()) == Some(13);
+        if !out.success() && !sigpipe {
+            self.fail(&format!(
+                "{POSTKICK} {} failed ({:?}{}):\nstdout: {}\nstderr: {}",
+                args.join(" "),
+                out.status,
+                if out.timed_out { ", timed out" } else { "" },
+                out.stdout,
+                out.stderr
+            ));
+        }
+    }
+
+    /// Sets the modification (and access) time of queue file `id` in
+    /// `queue` (searched recursively): qmgr takes a file whose mtime is in
+    /// the future as "not due yet".
+    pub fn set_queue_file_mtime(&self, queue: &str, id: &str, t: SystemTime) {
+        let path = self
+            .queue_file(queue, id)
+            .unwrap_or_else(|| self.fail(&format!("no queue file {id} in {queue}")));
+        let f = fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| self.fail(&format!("open {}: {e}", path.display())));
+        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+            .unwrap_or_else(|e| self.fail(&format!("set times of {}: {e}", path.display())));
+    }
+
+    /// The pids of the instance's running queue manager processes (those
+    /// whose command line starts with `qmgr`, as master(8) runs it).
+    pub fn qmgr_pids(&self) -> Vec<u32> {
+        sys::instance_processes(&self.etc())
+            .into_iter()
+            .filter(|p| p.cmdline.split(' ').next() == Some("qmgr"))
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// A complete test message (header and body) with a Message-ID made of
@@ -880,6 +979,9 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.sink.stop();
+        if let Some(slow) = self.slow_sink.as_mut() {
+            slow.stop();
+        }
         killed
     }
 }
@@ -938,7 +1040,7 @@ fn make_layout(root: &Path, qmgr: &Path) {
     let nobody = sys::uid_of("nobody");
     let postdrop = sys::gid_of("postdrop");
     mkdir(root, 0, 0, 0o755);
-    for d in ["etc", "libexec", "log", "spool", "sink"] {
+    for d in ["etc", "libexec", "log", "spool", "sink", "slow-sink"] {
         mkdir(&root.join(d), 0, 0, 0o755);
     }
     mkdir(&root.join("data"), postfix, 0, 0o700);

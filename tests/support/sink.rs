@@ -22,6 +22,15 @@ impl SmtpSink {
     /// Starts `smtp-sink -u nobody -d DIR/msg. 127.0.0.1:PORT 256` with its
     /// dumps in `dir` (created, owned by nobody) and waits until it listens.
     pub fn start(dir: &Path, port: u16) -> SmtpSink {
+        SmtpSink::start_with(dir, port, &[])
+    }
+
+    /// Like [`SmtpSink::start`], with extra smtp-sink options before the
+    /// address, e.g. `["-w", "5"]` (wait 5 s before answering DATA).
+    /// smtp-sink creates a message's dump file at MAIL FROM, so
+    /// [`SmtpSink::message_count`] also counts a transaction in progress;
+    /// [`SmtpSink::messages`] shows how far each one got.
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> SmtpSink {
         let dump_dir = dir.join("dumps");
         fs::create_dir_all(&dump_dir).expect("create smtp-sink dump dir");
         chown(&dump_dir, Some(sys::uid_of("nobody")), None).expect("chown smtp-sink dump dir");
@@ -35,6 +44,7 @@ impl SmtpSink {
             .arg("sink.rqmgr-test.example")
             .arg("-d")
             .arg(format!("{}/msg.", dump_dir.display()))
+            .args(extra)
             .arg(format!("127.0.0.1:{port}"))
             .arg("256")
             .stdin(Stdio::null())
