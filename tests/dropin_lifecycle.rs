@@ -21,7 +21,9 @@ dropin_tests!(
     fifo_service_delivers_and_wakes_on_flush_and_kick,
     postkick_d_retries_only_due_deferred_mail,
     forced_expiry_returns_message_to_sender,
+    forced_expiry_of_held_mail_without_defer_log,
     zero_queue_lifetime_returns_after_first_attempt,
+    zero_bounce_lifetime_expires_only_null_sender_mail,
     delay_warning_is_sent_once,
     mail_to_double_bounce_is_discarded,
     defer_transports_hold_mail_until_flush,
@@ -53,7 +55,8 @@ fn actives_after(inst: &Instance, id: &str, mark: usize) -> usize {
 
 /// Waits until `id` has `n` delivery lines with status=deferred in all,
 /// the last one for `rcpt` and with a reason containing `reason`, and the
-/// file is in the deferred queue (nowhere else); returns the last line.
+/// file is in the deferred queue (not in active or incoming); returns the
+/// last line.
 fn wait_deferred(inst: &Instance, id: &str, n: usize, rcpt: &str, reason: &str) -> LogLine {
     let what = format!("deferral #{n} of {id} (status=deferred)");
     let lines = inst.wait_for_lines(&what, n, |l| {
@@ -65,10 +68,10 @@ fn wait_deferred(inst: &Instance, id: &str, n: usize, rcpt: &str, reason: &str) 
             && last.reason().is_some_and(|r| r.contains(reason)),
         &format!("deferral line is for <{rcpt}> and says `{reason}`: {last}"),
     );
-    inst.wait_until(&format!("{id} to be (only) in the deferred queue"), || {
-        inst.queue_ids("deferred") == vec![id.to_string()]
-            && inst.queue_ids("active").is_empty()
-            && inst.queue_ids("incoming").is_empty()
+    inst.wait_until(&format!("{id} to be in the deferred queue"), || {
+        inst.queue_file("deferred", id).is_some()
+            && inst.queue_file("active", id).is_none()
+            && inst.queue_file("incoming", id).is_none()
     });
     last
 }
@@ -283,6 +286,19 @@ fn postkick_d_retries_only_due_deferred_mail(q: Qmgr) {
         !inst.lines_for(&id).iter().any(|l| l.is_removed()),
         "the deferred message is never removed",
     );
+    // qmgr dated the file anew: minimal_backoff_time (300 s) ahead, not an
+    // hour.
+    let meta = std::fs::metadata(inst.queue_file("deferred", &id).unwrap()).unwrap();
+    let ahead = meta
+        .modified()
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .as_secs();
+    inst.check(
+        (290..=301).contains(&ahead),
+        &format!("the deferred file is dated about 300 s ahead, {ahead} s"),
+    );
     check_one_qmgr_process(&inst);
 }
 
@@ -331,6 +347,94 @@ fn forced_expiry_returns_message_to_sender(q: Qmgr) {
     );
 }
 
+/// A message put on hold before any delivery attempt (`ID!`), marked for
+/// expiry (`ID!#`), is left alone by qmgr while on hold; released
+/// (`postsuper -H`) and scheduled (`postqueue -i`), it has no defer log, so
+/// qmgr sends its recipients through the retry service (`message is
+/// administratively expired`) and then returns it to the sender.
+fn forced_expiry_of_held_mail_without_defer_log(q: Qmgr) {
+    let mut inst = Instance::start(
+        Opts::new("force-expire-held", q)
+            .qmgr_disabled()
+            .in_flow_delay_zero(),
+    );
+    let from = inst.local_addr("sender");
+    let rcpt = "user@discard.example";
+    let token = inst.unique_token("held");
+    let id = inst.send_smtp(&from, &[rcpt], "held", &token);
+    inst.wait_until("the message in incoming", || {
+        inst.queue_ids("incoming") == vec![id.clone()]
+    });
+    inst.postsuper(&["-h", &id]);
+    let listing = inst.postqueue_p();
+    inst.check(
+        listing_status(&listing, &id).as_deref() == Some(&format!("{id}!")[..]),
+        &format!("postqueue -p lists {id}! (on hold):\n{listing}"),
+    );
+    inst.postsuper(&["-e", &id]);
+    let listing = inst.postqueue_p();
+    inst.check(
+        listing_status(&listing, &id).as_deref() == Some(&format!("{id}!#")[..]),
+        &format!("postqueue -p lists {id}!# (on hold, to expire):\n{listing}"),
+    );
+
+    inst.enable_qmgr();
+    let m = mark(&inst);
+    // An incoming and a deferred scan that do not see the held message.
+    inst.postkick_qmgr("IDA");
+    let marker = inst.sendmail(&from, &[rcpt], "marker", &inst.unique_token("marker"));
+    inst.wait_removed(&marker);
+    stays_quiet(&inst, m, 0.5, "qmgr touching the held message", |l| {
+        l.queue_id() == Some(id.as_str()) && l.is_from("qmgr")
+    });
+    inst.check(
+        inst.queue_ids("hold") == vec![id.clone()],
+        "the message stays on hold",
+    );
+
+    inst.postsuper(&["-H", &id]);
+    inst.check(
+        inst.queue_ids("deferred") == vec![id.clone()],
+        "postsuper -H releases the message to the deferred queue",
+    );
+    let listing = inst.postqueue_p();
+    inst.check(
+        listing_status(&listing, &id).as_deref() == Some(&format!("{id}#")[..]),
+        &format!("postqueue -p lists {id}# (to expire):\n{listing}"),
+    );
+    inst.postqueue_i(&id);
+    let line = inst.wait_for_line(&format!("the retry service to defer {id}"), |l| {
+        l.queue_id() == Some(id.as_str()) && l.is_delivery()
+    });
+    inst.check(
+        line.is_from("error")
+            && line.field("to") == Some(&format!("<{rcpt}>")[..])
+            && line.field("relay") == Some("none")
+            && line.field("dsn") == Some("4.7.0")
+            && line.status() == Some("deferred")
+            && line.reason() == Some("message is administratively expired"),
+        &format!("postfix/error logs dsn=4.7.0, status=deferred (message is administratively expired): {line}"),
+    );
+    wait_returned(&inst, &id, &from, "force-expired");
+    let ndr = wait_notice(&inst, &id, "sender non-delivery");
+    inst.wait_removed(&id);
+    inst.check(
+        deliveries(&inst, &id).len() == 1,
+        "one delivery line: the message was never delivered",
+    );
+    inst.wait_removed(&ndr);
+    inst.assert_delivered(&ndr, "", "local", &[&from]);
+    let mbox = inst.mailbox("sender");
+    inst.check(
+        mbox.contains("Subject: Undelivered Mail Returned to Sender")
+            && unfold(&mbox)
+                .contains("<user@discard.example>: message is administratively expired")
+            && mbox.contains(&format!("token: {token}")),
+        &format!("the sender's mailbox holds the notice:\n{mbox}"),
+    );
+    inst.wait_queue_empty();
+}
+
 // ---- 4. expiry by age -----------------------------------------------------------------
 
 /// maximal_queue_lifetime = 0: the first deferral expires the message.
@@ -361,6 +465,43 @@ fn zero_queue_lifetime_returns_after_first_attempt(q: Qmgr) {
         &format!("the sender's mailbox holds the notice:\n{mbox}"),
     );
     inst.wait_queue_empty();
+}
+
+/// bounce_queue_lifetime = 0 applies to mail with the null sender only: a
+/// bounce-like message to closed.example expires at its first deferral
+/// (`from=<>, status=expired, returned to sender`; there is no one to
+/// return it to, so it is just removed), while mail with a sender stays
+/// deferred (maximal_queue_lifetime, 5 days).
+fn zero_bounce_lifetime_expires_only_null_sender_mail(q: Qmgr) {
+    let inst =
+        Instance::start(Opts::new("bounce-lifetime-0", q).main_cf("bounce_queue_lifetime", "0"));
+    let closed = "user@closed.example";
+    let null = inst.sendmail("", &[closed], "null sender", &inst.unique_token("null"));
+    wait_returned(&inst, &null, "", "expired");
+    inst.wait_removed(&null);
+    let tried = deliveries(&inst, &null);
+    inst.check(
+        tried.len() == 1 && tried[0].status() == Some("deferred"),
+        &format!("one delivery attempt (status=deferred), saw {tried:?}"),
+    );
+
+    let (id, _) = send_and_defer(&inst, "with-sender");
+    std::thread::sleep(Duration::from_millis(300));
+    inst.check(
+        !inst
+            .lines_for(&id)
+            .iter()
+            .any(|l| l.is_removed() || l.body().contains("returned to sender")),
+        "mail with a sender is not expired",
+    );
+    inst.check(
+        inst.queue_ids("deferred") == vec![id.clone()],
+        "mail with a sender stays deferred",
+    );
+    inst.check(
+        inst.mailbox("sender").is_empty() && inst.mailbox("postmaster").is_empty(),
+        "no notice to anyone",
+    );
 }
 
 // ---- 5. delay warning -----------------------------------------------------------------
@@ -550,6 +691,14 @@ fn defer_transports_hold_mail_until_flush(q: Qmgr) {
         "smtp-sink got one copy",
     );
     inst.wait_queue_empty();
+
+    // The flush lifted defer_transports for its own run only.
+    let again = inst.send_smtp(&from, &[rcpt], "again", &inst.unique_token("again"));
+    wait_deferred(&inst, &again, 1, rcpt, "deferred transport");
+    inst.check(
+        inst.sink.message_count() == 1,
+        "smtp-sink got nothing more after the flush",
+    );
 }
 
 // ---- 8. missing transport --------------------------------------------------------------
@@ -575,12 +724,34 @@ fn missing_transport_defers_mail(q: Qmgr) {
         &format!("postfix/error (the retry service) logs (mail transport unavailable): {line}"),
     );
     check_listed(&inst, &id, &id, "mail transport unavailable");
-    std::thread::sleep(Duration::from_millis(300));
+
+    // The transport is now dead (for transport_retry_time, 60 s): more mail
+    // for it is deferred at once, without another connection attempt.
+    let warned = |l: &LogLine| l.is_from("qmgr") && l.text == want;
+    let second = inst.sendmail(&from, &[rcpt], "nosuch 2", &inst.unique_token("nosuch"));
+    wait_deferred(&inst, &second, 1, rcpt, "mail transport unavailable");
     inst.check(
-        inst.queue_ids("deferred") == vec![id.clone()]
-            && !inst.lines_for(&id).iter().any(|l| l.is_removed()),
-        "the message stays in the deferred queue",
+        inst.log_lines().iter().filter(|l| warned(l)).count() == 1,
+        "no second connection attempt to the dead transport",
     );
+
+    // postqueue -f (F) revives dead transports: qmgr tries again.
+    let m = mark(&inst);
+    inst.postqueue_f();
+    wait_deferred(&inst, &id, 2, rcpt, "mail transport unavailable");
+    wait_deferred(&inst, &second, 2, rcpt, "mail transport unavailable");
+    inst.check(
+        lines_after(&inst, m).iter().filter(|l| warned(l)).count() == 1,
+        "after postqueue -f, qmgr connects to the transport again (one new warning)",
+    );
+    let listing = inst.postqueue_p();
+    for x in [&id, &second] {
+        inst.check(
+            listing_status(&listing, x).as_deref() == Some(&x[..])
+                && !inst.lines_for(x).iter().any(|l| l.is_removed()),
+            &format!("{x} stays in the deferred queue:\n{listing}"),
+        );
+    }
 }
 
 // ---- 9. crash safety ----------------------------------------------------------------
