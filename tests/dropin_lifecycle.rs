@@ -25,6 +25,7 @@ dropin_tests!(
     zero_queue_lifetime_returns_after_first_attempt,
     zero_bounce_lifetime_expires_only_null_sender_mail,
     delay_warning_is_sent_once,
+    one_second_delay_warning_comes_with_first_deferral,
     mail_to_double_bounce_is_discarded,
     defer_transports_hold_mail_until_flush,
     missing_transport_defers_mail,
@@ -568,6 +569,50 @@ fn delay_warning_is_sent_once(q: Qmgr) {
     inst.check(
         inst.queue_ids("deferred") == vec![id.clone()],
         "the message is still deferred",
+    );
+}
+
+/// delay_warning_time = 1s: qmgr warns when now >= arrival + 1 s - 1 s, so
+/// the "delayed mail" notice goes out with the very first deferral; a retry
+/// sends none.
+fn one_second_delay_warning_comes_with_first_deferral(q: Qmgr) {
+    let inst =
+        Instance::start(Opts::new("delay-warning-1s", q).main_cf("delay_warning_time", "1s"));
+    let from = inst.local_addr("sender");
+    let closed = "user@closed.example";
+    let id = inst.send_smtp(
+        &from,
+        &[closed],
+        "delay warning 1s",
+        &inst.unique_token("warn1"),
+    );
+    wait_deferred(&inst, &id, 1, closed, &refused(&inst));
+    let notice = wait_notice(&inst, &id, "sender delay");
+    let lines = inst.log_lines();
+    let second_active = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.queue_id() == Some(id.as_str()) && l.is_queue_active())
+        .nth(1)
+        .map(|(i, _)| i);
+    inst.check(
+        second_active.is_none(),
+        "the notice came with the first deferral, before any retry",
+    );
+    inst.wait_removed(&notice);
+    inst.assert_delivered(&notice, "", "local", &[&from]);
+    let m = mark(&inst);
+    inst.postqueue_f();
+    wait_deferred(&inst, &id, 2, closed, &refused(&inst));
+    stays_quiet(&inst, m, 0.5, "second delay warning", |l| {
+        l.is_from("bounce") && l.queue_id() == Some(id.as_str())
+    });
+    inst.check(
+        inst.mailbox("sender")
+            .matches("Subject: Delayed Mail")
+            .count()
+            == 1,
+        "one delay notice in the sender's mailbox",
     );
 }
 
