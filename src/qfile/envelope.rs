@@ -659,7 +659,11 @@ fn apply_attribute(
         b"rewrite_context" => set_once(&mut env.rewrite_context, value, id, "rewrite_context"),
         b"trace_flags" if env.tflags == 0 => {
             env.tflags = (atol(value) as u32) & del_flag::TRACE_MASK;
-            env.tflags_offset = if env.tflags == del_flag::RECORD { offset } else { 0 };
+            env.tflags_offset = if env.tflags == del_flag::RECORD {
+                offset
+            } else {
+                0
+            };
         }
         _ => {}
     }
