@@ -14,7 +14,9 @@ use crate::ipc::{with_timeout, Dsn, Peer};
 use crate::lifecycle::{self, Lifetimes};
 use crate::master::{Flow, TriggerBytes, Watchdog};
 use crate::qfile::{self, del_flag, Envelope, ReadOptions, Recipient};
-use crate::sched::{Action, Assignment, EntryId, MessageId, Outcome, Reason, Scheduler, Settings};
+use crate::sched::{
+    Action, Assignment, EntryId, MessageId, Outcome, Reason, Scheduler, Settings, Strategy,
+};
 use crate::spool::{self, ScanFlags, Scanner, Spool};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,8 +27,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// Most recipients read from a queue file at once (`qmgr_message_read`).
-const MAX_READ_BATCH: i64 = 5000;
 /// Guard on each step of a bounce/defer/trace request (`abounce.c`).
 const ABOUNCE_TIMEOUT: Duration = Duration::from_secs(1000);
 /// Delay before retrying a file another process still delivers, seconds.
@@ -74,8 +74,6 @@ struct InCore {
     flags: i32,
     /// When the message entered memory: (seconds, microseconds).
     active_arrival: (i64, i64),
-    /// Recipients in core (for `qmgr_message_recipient_limit`).
-    rcpt_count: i64,
 }
 
 /// The running queue manager.
@@ -84,14 +82,12 @@ pub struct Daemon {
     spool: Spool,
     core: Scheduler<Recipient>,
     messages: HashMap<MessageId, InCore>,
-    next_msg: u64,
     scans: [Scanner; 2],
     first_scan: usize,
     resolver: Resolver,
     services: Services,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
-    rcpt_in_core: i64,
     lifetimes: Lifetimes,
     verp_filter: Vec<u8>,
 }
@@ -99,7 +95,7 @@ pub struct Daemon {
 impl Daemon {
     /// Builds the daemon from parsed parameters; `cf` serves per-transport
     /// lookups later. Must run inside the queue directory.
-    pub fn new(params: Params, cf: MainCf) -> Daemon {
+    pub fn new(params: Params, cf: MainCf, strategy: Strategy) -> Daemon {
         let cf = Rc::new(RefCell::new(cf));
         let verp_filter = cf
             .borrow_mut()
@@ -109,10 +105,17 @@ impl Daemon {
         let lookup_cf = cf.clone();
         let core = Scheduler::new(
             Settings {
+                strategy,
                 minimal_backoff_time: params.minimal_backoff_time as u64,
                 transport_retry_time: params.transport_retry_time as u64,
                 feedback_debug: params.destination_concurrency_feedback_debug,
                 recipient_delimiter: params.recipient_delimiter.clone(),
+                active_limit: params.qmgr_message_active_limit,
+                recipient_limit: params.qmgr_message_recipient_limit,
+                recipient_minimum: params.qmgr_message_recipient_minimum,
+                fudge_factor: params.qmgr_fudge_factor,
+                helpful_warnings: params.helpful_warnings,
+                clog_warn_time: params.qmgr_clog_warn_time as u64,
             },
             Box::new(move |name| {
                 let (tp, warnings) = p2.transport(&mut lookup_cf.borrow_mut(), name);
@@ -121,6 +124,7 @@ impl Daemon {
                 }
                 tp
             }),
+            Instant::now(),
         );
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let ipc_timeout = Duration::from_secs(params.ipc_timeout as u64);
@@ -128,7 +132,6 @@ impl Daemon {
             spool: Spool::new(&params.hash_queue_names, params.hash_queue_depth),
             core,
             messages: HashMap::new(),
-            next_msg: 1,
             scans: [Scanner::new(spool::INCOMING), Scanner::new(spool::DEFERRED)],
             first_scan: INCOMING_IDX,
             resolver: Resolver::new(
@@ -145,7 +148,6 @@ impl Daemon {
             },
             events_tx,
             events_rx,
-            rcpt_in_core: 0,
             lifetimes: Lifetimes {
                 maximal_queue_lifetime: params.maximal_queue_lifetime,
                 bounce_queue_lifetime: params.bounce_queue_lifetime,
@@ -191,7 +193,7 @@ impl Daemon {
         for (idx, f) in [(INCOMING_IDX, incoming), (DEFERRED_IDX, deferred)] {
             if !f.is_empty() {
                 if f.contains(ScanFlags::FLUSH_ONCE) {
-                    self.core.enable_all(Instant::now());
+                    self.core.enable_all();
                 }
                 self.scans[idx].request(f);
             }
@@ -271,8 +273,12 @@ impl Daemon {
     async fn carry_out_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Connect { transport } => self.spawn_agent(transport),
+                Action::Connect {
+                    transport,
+                    rate_delay,
+                } => self.spawn_agent(transport, rate_delay),
                 Action::MessageDone { msg } => self.message_done(msg).await,
+                Action::Refill { msg } => self.refill(msg).await,
                 Action::Defer {
                     msg,
                     recipients,
@@ -282,16 +288,8 @@ impl Daemon {
                     for rcpt in &recipients {
                         self.defer_recipient(msg, rcpt, &dsn).await;
                     }
-                    self.forget_recipients(msg, recipients.len());
                 }
             }
-        }
-    }
-
-    fn forget_recipients(&mut self, msg: MessageId, n: usize) {
-        self.rcpt_in_core -= n as i64;
-        if let Some(m) = self.messages.get_mut(&msg) {
-            m.rcpt_count -= n as i64;
         }
     }
 
@@ -319,11 +317,14 @@ impl Daemon {
         }
     }
 
-    fn spawn_agent(&self, transport: String) {
+    fn spawn_agent(&self, transport: String, rate_delay: Duration) {
         let tx = self.events_tx.clone();
-        let daemon_timeout = Duration::from_secs(self.params.daemon_timeout as u64);
-        let ipc_timeout = Duration::from_secs(self.params.ipc_timeout as u64);
-        tokio::task::spawn_local(agent_session(transport, tx, daemon_timeout, ipc_timeout));
+        let timeouts = AgentTimeouts {
+            daemon: Duration::from_secs(self.params.daemon_timeout as u64),
+            ipc: Duration::from_secs(self.params.ipc_timeout as u64),
+            rate_delay,
+        };
+        tokio::task::spawn_local(agent_session(transport, tx, timeouts));
     }
 
     async fn handle_event(&mut self, ev: Event) {
@@ -374,14 +375,12 @@ impl Daemon {
     }
 
     fn delivery_done(&mut self, e: EntryId, outcome: Outcome, now: Instant) {
-        let n = self.core.entry(e).recipients.len();
-        let (msg, retry) = self.core.delivery_done(e, outcome, now);
+        let (msg, _recipients, retry) = self.core.delivery_done(e, outcome, now);
         if retry {
             if let Some(m) = self.messages.get_mut(&msg) {
                 m.flags |= 1;
             }
         }
-        self.forget_recipients(msg, n);
     }
 
     /// One feed attempt (`qmgr_loop`): try the scanners, starting with the
@@ -394,7 +393,7 @@ impl Daemon {
         let mut fed_incoming = false;
         let mut last = (self.first_scan + 1) % 2;
         for i in 0..2 {
-            if self.messages.len() >= limit {
+            if !self.has_room(limit) {
                 break;
             }
             let idx = (self.first_scan + i) % 2;
@@ -407,12 +406,18 @@ impl Daemon {
                 }
             }
         }
-        if self.messages.len() < limit {
+        if self.has_room(limit) {
             self.first_scan = (last + 1) % 2;
         } else {
             self.first_scan = INCOMING_IDX;
         }
         (produced, fed_incoming)
+    }
+
+    /// Admission: the message count is below `qmgr_message_active_limit`
+    /// (and, for oqmgr, the in-core recipients below their limit).
+    fn has_room(&self, limit: usize) -> bool {
+        self.messages.len() < limit && self.core.admits_more()
     }
 
     /// Moves one queue file into `active` and reads it into memory
@@ -500,28 +505,23 @@ impl Daemon {
             self.defer_file(id, spool::INCOMING, LOCKED_RETRY);
             return false;
         }
-        let msg = MessageId(self.next_msg);
-        self.next_msg += 1;
-        let mut m = InCore {
-            queue_id: id.to_string(),
-            env: Envelope::default(),
-            qflags,
-            flags: 0,
-            active_arrival: crate::now_timeval(),
-            rcpt_count: 0,
-        };
-        let mut recipients = Vec::new();
-        let limit = (self.params.qmgr_message_recipient_limit - self.rcpt_in_core)
-            .max(self.params.qmgr_message_recipient_minimum)
-            .min(MAX_READ_BATCH);
-        if self
-            .read_recipients(&file, &mut m, limit, &mut recipients)
-            .is_err()
-        {
+        let msg = self.core.message_new(Instant::now());
+        self.messages.insert(
+            msg,
+            InCore {
+                queue_id: id.to_string(),
+                env: Envelope::default(),
+                qflags,
+                flags: 0,
+                active_arrival: crate::now_timeval(),
+            },
+        );
+        let Ok(recipients) = self.read_recipients(msg, &file) else {
             drop(file);
             self.save_corrupt(id);
+            self.free(msg);
             return false;
-        }
+        };
         if let Some(mode) = new_mode {
             if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(mode)) {
                 crate::log::fatal(&format!(
@@ -531,7 +531,6 @@ impl Daemon {
                 ));
             }
         }
-        self.messages.insert(msg, m);
         let m = self.messages.get_mut(&msg).expect("just inserted");
         if m.qflags.contains(ScanFlags::FORCE_EXPIRE)
             && std::fs::metadata(self.spool.path(spool::DEFER, id)).is_ok_and(|md| md.len() > 0)
@@ -553,30 +552,80 @@ impl Daemon {
         true
     }
 
+    /// Reads the next batch of `msg`'s recipients from `file`, as many as
+    /// the core allows, and tells the core how many remain.
     fn read_recipients(
-        &self,
+        &mut self,
+        msg: MessageId,
         file: &File,
-        m: &mut InCore,
-        limit: i64,
-        out: &mut Vec<Recipient>,
-    ) -> Result<(), qfile::Rejected> {
+    ) -> Result<Vec<Recipient>, qfile::Rejected> {
+        let limit = self.core.read_limit(msg);
         let len = file.metadata().map(|md| md.len()).unwrap_or(0);
+        let m = self.messages.get_mut(&msg).expect("message in core");
         let path = self.spool.path(spool::ACTIVE, &m.queue_id);
         let opts = ReadOptions {
             queue: spool::ACTIVE,
             verp_filter: &self.verp_filter,
             confirm_delay_cleared: self.params.confirm_delay_cleared,
         };
+        let mut out = Vec::new();
         qfile::read_batch(
             file,
             len,
             &path.to_string_lossy(),
             &m.queue_id,
             &mut m.env,
-            limit.max(1) as usize,
+            limit,
             &opts,
-            out,
-        )
+            &mut out,
+        )?;
+        let (unread, more, verp) = (
+            m.env.rcpt_unread,
+            m.env.rcpt_offset > 0,
+            m.env.verp_delims.is_some(),
+        );
+        self.core
+            .batch_read(msg, unread, more, verp, Instant::now());
+        Ok(out)
+    }
+
+    /// Reads, resolves and assigns the next batch of a message already in
+    /// core (`qmgr_message_realloc`). Returns false if the file is gone or
+    /// damaged (the caller decides what that means).
+    async fn read_more(&mut self, msg: MessageId) -> bool {
+        let id = self.messages[&msg].queue_id.clone();
+        let path = self.spool.path(spool::ACTIVE, &id);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(
+                    "open {} {id}: {}",
+                    spool::ACTIVE,
+                    crate::log::errno_text(&e)
+                );
+                return false;
+            }
+        };
+        match self.read_recipients(msg, &file) {
+            Ok(recipients) => {
+                self.resolve_and_assign(msg, &file, recipients).await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The core wants more recipients of `msg` in memory (nqmgr's refill,
+    /// oqmgr's read-ahead). A failure leaves the message as it is; its
+    /// completion will try again and move a damaged file to corrupt.
+    async fn refill(&mut self, msg: MessageId) {
+        if !self.messages.contains_key(&msg) || !self.read_more(msg).await {
+            self.core.assigned(msg);
+        }
     }
 
     /// Resolves each recipient and hands it to the core
@@ -716,7 +765,6 @@ impl Daemon {
         // Group recipients of one destination so that they share entries.
         resolved.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let flush_each = qflags.contains(ScanFlags::FLUSH_EACH);
-        let mut assigned = 0i64;
         for (transport, nexthop, rcpt) in resolved {
             let transport = String::from_utf8_lossy(&transport).into_owned();
             let nexthop = String::from_utf8_lossy(&nexthop).into_owned();
@@ -728,17 +776,10 @@ impl Daemon {
                 flush_each,
                 rcpt,
             };
-            match self.core.assign(msg, a, now) {
-                Ok(()) => assigned += 1,
-                Err((rcpt, reason)) => {
-                    let dsn = Dsn::simple(&reason.status, &reason.text);
-                    self.defer_recipient(msg, &rcpt, &dsn).await;
-                }
+            if let Err((rcpt, reason)) = self.core.assign(msg, a, now) {
+                let dsn = Dsn::simple(&reason.status, &reason.text);
+                self.defer_recipient(msg, &rcpt, &dsn).await;
             }
-        }
-        self.rcpt_in_core += assigned;
-        if let Some(m) = self.messages.get_mut(&msg) {
-            m.rcpt_count += assigned;
         }
         self.core.assigned(msg);
     }
@@ -973,37 +1014,10 @@ impl Daemon {
             return;
         }
         if m.env.rcpt_offset > 0 {
-            let path = self.spool.path(spool::ACTIVE, &id);
-            let file = match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(
-                        "open {} {id}: {}",
-                        spool::ACTIVE,
-                        crate::log::errno_text(&e)
-                    );
-                    self.save_corrupt(&id);
-                    self.free(msg);
-                    return;
-                }
-            };
-            let limit = (self.params.qmgr_message_recipient_limit - self.rcpt_in_core)
-                .max(self.params.qmgr_message_recipient_minimum)
-                .min(MAX_READ_BATCH);
-            let mut m = self.messages.remove(&msg).expect("message in core");
-            let mut recipients = Vec::new();
-            let read = self.read_recipients(&file, &mut m, limit, &mut recipients);
-            self.messages.insert(msg, m);
-            if read.is_err() {
+            if !self.read_more(msg).await {
                 self.save_corrupt(&id);
                 self.free(msg);
-                return;
             }
-            self.resolve_and_assign(msg, &file, recipients).await;
             return;
         }
         let m = &self.messages[&msg];
@@ -1115,9 +1129,8 @@ impl Daemon {
     }
 
     fn free(&mut self, msg: MessageId) {
-        if let Some(m) = self.messages.remove(&msg) {
-            self.rcpt_in_core -= m.rcpt_count;
-        }
+        self.messages.remove(&msg);
+        self.core.message_free(msg);
     }
 }
 
@@ -1128,15 +1141,25 @@ fn system_secs(t: std::time::SystemTime) -> i64 {
     }
 }
 
+/// Time limits of one agent session.
+struct AgentTimeouts {
+    /// `daemon_timeout`: waiting for the agent's announcement and reply.
+    daemon: Duration,
+    /// `qmgr_ipc_timeout`: writing the request.
+    ipc: Duration,
+    /// `_transport_rate_delay`: pause between readiness and the request.
+    rate_delay: Duration,
+}
+
 /// One delivery agent connection (`qmgr_transport_alloc` + `qmgr_deliver`):
-/// connect, wait for the announcement, ask the loop for an entry, send the
-/// request, and report the reply.
+/// connect, wait for the announcement (and the transport rate delay), ask
+/// the loop for an entry, send the request, and report the reply.
 async fn agent_session(
     transport: String,
     tx: mpsc::UnboundedSender<Event>,
-    daemon_timeout: Duration,
-    ipc_timeout: Duration,
+    timeouts: AgentTimeouts,
 ) {
+    let (daemon_timeout, ipc_timeout) = (timeouts.daemon, timeouts.ipc);
     let mut peer = match Peer::connect("private", &transport).await {
         Ok(p) => p,
         Err(e) => {
@@ -1159,6 +1182,9 @@ async fn agent_session(
         tracing::warn!("{socket}: malformed response");
         let _ = tx.send(Event::AgentFailed { transport });
         return;
+    }
+    if !timeouts.rate_delay.is_zero() {
+        tokio::time::sleep(timeouts.rate_delay).await;
     }
     let (reply_tx, reply_rx) = oneshot::channel();
     if tx
@@ -1184,7 +1210,11 @@ async fn agent_session(
     let reply = with_timeout(daemon_timeout, AttrList::read(&mut peer.reader)).await;
     let outcome = match reply.and_then(|l| parse_reply(&l)) {
         Ok(r) => {
-            let hop = (!r.hop.status.is_empty()).then(|| {
+            let retry = r.status != 0;
+            // qmgr_deliver_update: a deferral with a DSN status is a problem
+            // of the destination itself (negative feedback); a reply without
+            // a reason is good news for it (positive feedback).
+            let hop = (retry && !r.hop.status.is_empty()).then(|| {
                 let status = if crate::ipc::dsn_valid(&r.hop.status) {
                     String::from_utf8_lossy(&r.hop.status).into_owned()
                 } else {
@@ -1197,9 +1227,11 @@ async fn agent_session(
                 };
                 Reason { status, text }
             });
+            let reason_empty = hop.is_none() && r.hop.reason.is_empty();
             Outcome::Replied {
-                retry: r.status != 0,
-                hop: if r.status != 0 { hop } else { None },
+                retry,
+                hop,
+                reason_empty,
             }
         }
         Err(_) => {

@@ -15,6 +15,7 @@ pub mod log;
 pub mod master;
 pub mod qfile;
 pub mod sched;
+pub mod sim;
 pub mod spool;
 
 /// Wall-clock time in whole seconds since the epoch (Postfix's `time()`).

@@ -8,6 +8,7 @@ use rqmgr::config::{MainCf, Params};
 use rqmgr::daemon::Daemon;
 use rqmgr::log::{self, LogSetup};
 use rqmgr::master::{self, DaemonOptions, Watchdog};
+use rqmgr::sched::Strategy;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,6 +111,13 @@ fn main() {
         log::fatal("do not run this command by hand");
     }
     let kind = opts.service_type().unwrap_or_else(|e| log::fatal(&e));
+    let strategy = match (opts.scheduler.as_deref(), progname.as_str()) {
+        (Some("oqmgr"), _) | (None, "oqmgr") => Strategy::Oqmgr,
+        (Some("nqmgr") | Some("qmgr"), _) | (None, _) => Strategy::Nqmgr,
+        (Some(other), _) => log::fatal(&format!(
+            "unknown --scheduler: {other} (use nqmgr or oqmgr)"
+        )),
+    };
     let generation = master::generation_from_env().unwrap_or_else(|e| log::fatal(&e));
     if progname == "nqmgr" {
         tracing::warn!("please update the master.cf entry for the qmgr service: use \"qmgr\" instead of \"nqmgr\"");
@@ -142,7 +150,7 @@ fn main() {
         .unwrap_or_else(|e| log::fatal(&format!("runtime: {e}")));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
-        let mut daemon = Daemon::new(params.clone(), cf);
+        let mut daemon = Daemon::new(params.clone(), cf, strategy);
         if let Err(e) = daemon.start() {
             log::fatal(&format!("qmgr_move: {}", log::errno_text(&e)));
         }

@@ -69,6 +69,10 @@ pub struct DaemonOptions {
     /// Process limit is 0.
     #[arg(short = 'z')]
     pub unlimited: bool,
+    /// Scheduling strategy: `nqmgr` (Postfix's qmgr, the default) or `oqmgr`
+    /// (Postfix's old queue manager). Also chosen by running as `oqmgr`.
+    #[arg(long = "scheduler", value_name = "nqmgr|oqmgr")]
+    pub scheduler: Option<String>,
     /// Unexpected arguments (fatal, as in qmgr).
     #[arg(hide = true)]
     pub extra: Vec<String>,
@@ -108,6 +112,10 @@ mod tests {
         assert_eq!(o.verbose, 2);
         assert_eq!(o.service_type(), Ok(ServiceType::Fifo));
         assert!(DaemonOptions::try_parse_from(["qmgr", "-Q"]).is_err());
+        let o =
+            DaemonOptions::try_parse_from(["rqmgr", "-l", "-t", "unix", "--scheduler", "oqmgr"])
+                .unwrap();
+        assert_eq!(o.scheduler.as_deref(), Some("oqmgr"));
         let o = DaemonOptions::try_parse_from(["qmgr", "-t", "inet"]).unwrap();
         assert!(o.service_type().is_err());
     }

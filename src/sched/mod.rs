@@ -1,32 +1,59 @@
-//! The scheduling core: transports, queues (destinations) and entries, with
-//! per-destination concurrency windows, positive/negative feedback, dead
-//! destinations and dead transports. It does no I/O: the shell tells it what
-//! happened (recipients assigned, agent ready, delivery done, time passed)
-//! and drains the actions it asks for (connect an agent, a message is
-//! finished, defer recipients). Time is always a parameter.
+//! The scheduling core. It does no I/O: the shell tells it what happened
+//! (a message was read, recipients were resolved, an agent is ready, a
+//! delivery finished, time passed) and drains the actions it asks for
+//! (connect an agent, read more recipients, a message is finished, defer
+//! recipients). Time is always a parameter, so a test or the simulator can
+//! run a day of mail in milliseconds, and the same events always give the
+//! same actions.
 //!
-//! Follows `qmgr/qmgr_transport.c` (agent allocation, dead transports),
-//! `qmgr/qmgr_queue.c` (windows, feedback, dead destinations),
-//! `qmgr/qmgr_entry.c` (entries), `qmgr/qmgr_defer.c` and
-//! `qmgr/qmgr_error.c` (moving work to the `retry` transport) and
-//! `qmgr/qmgr_enable.c`. Entry selection is round robin over a transport's
-//! ready queues, first in first out within a queue.
+//! Two strategies, chosen per [`Strategy`]:
+//! - **nqmgr** (Postfix's default `qmgr`): transports, queues
+//!   (destinations), entries, jobs and peers with the preemptive job
+//!   scheduler (`qmgr/qmgr_transport.c`, `qmgr_queue.c`, `qmgr_entry.c`,
+//!   `qmgr_job.c`, `qmgr_peer.c`, `qmgr_message.c:qmgr_message_assign`);
+//! - **oqmgr** (Postfix's old queue manager): no jobs or peers; round robin
+//!   over destinations, last entry first, a global in-core recipient budget
+//!   (`oqmgr/qmgr_queue.c`, `oqmgr/qmgr_entry.c`).
+//!
+//! Both share the per-destination concurrency windows with positive and
+//! negative feedback, dead destinations and transports, rate delays, and the
+//! moves to the `retry` transport (`qmgr_feedback.c`, `qmgr_defer.c`,
+//! `qmgr_error.c`, `qmgr_enable.c`).
 
 mod feedback;
+mod job;
+mod list;
+mod queue;
 
 pub use feedback::Feedback;
 
 use crate::config::TransportParams;
+use list::{Links, List, Slab, NIL};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Most agent connections a transport may have pending (`QMGR_TRANSPORT_MAX_PEND`).
 const MAX_PENDING: u32 = 2;
+/// Most recipients read from a queue file at once (nqmgr, `qmgr_message_read`).
+const MAX_READ_BATCH: i64 = 5000;
 
 /// Name of the transport that defers recipients via error(8) (`MAIL_SERVICE_RETRY`).
 pub const RETRY: &str = "retry";
 /// Name of the transport that bounces recipients via error(8) (`MAIL_SERVICE_ERROR`).
 pub const ERROR: &str = "error";
+
+/// Connection-cache request flags (`DEL_REQ_FLAG_CONN_LOAD|CONN_STORE`).
+const CONN_LOAD: u32 = 2048;
+const CONN_STORE: u32 = 4096;
+
+/// Which queue manager's scheduling to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Postfix's `qmgr` (nqmgr): jobs, peers and preemption.
+    Nqmgr,
+    /// Postfix's `oqmgr`: round robin over destinations only.
+    Oqmgr,
+}
 
 /// A delivery status as the core needs it: code and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,22 +79,31 @@ impl Reason {
 
 /// A message known to the core (the shell owns its data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub u64);
+pub struct MessageId(pub u32);
 
 /// A delivery request to be (an entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EntryId(pub usize);
+pub struct EntryId(pub u32);
 
 /// A destination queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct QueueId(pub usize);
+pub struct QueueId(pub u32);
 
 /// What the core asks the shell to do.
 #[derive(Debug, PartialEq)]
 pub enum Action<R> {
-    /// Open a connection to `private/<transport>`; report readiness with
-    /// [`Scheduler::agent_ready`] or failure with [`Scheduler::agent_failed`].
-    Connect { transport: String },
+    /// Open a connection to `private/<transport>`. Once the agent has
+    /// announced itself, wait `rate_delay` (the transport rate delay), then
+    /// call [`Scheduler::agent_ready`]; on failure call
+    /// [`Scheduler::agent_failed`].
+    Connect {
+        transport: String,
+        rate_delay: Duration,
+    },
+    /// Read the next batch of this message's recipients (at most
+    /// [`Scheduler::read_limit`]), then [`Scheduler::batch_read`],
+    /// [`Scheduler::assign`] each, and [`Scheduler::assigned`].
+    Refill { msg: MessageId },
     /// No entries of this message remain: run completion.
     MessageDone { msg: MessageId },
     /// Defer these recipients synchronously (the retry transport is dead):
@@ -82,17 +118,31 @@ pub enum Action<R> {
 /// How a delivery ended, from the agent's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The agent replied; `hop` is set when the destination itself failed
-    /// (the reply's DSN status was non-empty). `retry` is true when some
-    /// recipient must be retried.
-    Replied { retry: bool, hop: Option<Reason> },
+    /// The agent replied. `retry`: some recipient must be retried. `hop`:
+    /// the destination itself failed (the reply's DSN status was set).
+    /// `reason_empty`: the reply's DSN reason was empty (positive feedback).
+    Replied {
+        retry: bool,
+        hop: Option<Reason>,
+        reason_empty: bool,
+    },
     /// No usable reply (the agent died or spoke nonsense).
     Crashed,
 }
 
-/// Core-wide settings (seconds).
+impl Outcome {
+    /// A plain success.
+    pub const OK: Outcome = Outcome::Replied {
+        retry: false,
+        hop: None,
+        reason_empty: true,
+    };
+}
+
+/// Core-wide settings (times in seconds).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub strategy: Strategy,
     /// `minimal_backoff_time`: how long a dead destination stays dead.
     pub minimal_backoff_time: u64,
     /// `transport_retry_time`: how long a dead transport stays dead.
@@ -101,6 +151,37 @@ pub struct Settings {
     pub feedback_debug: bool,
     /// `recipient_delimiter` (for per-recipient queue names).
     pub recipient_delimiter: String,
+    /// `qmgr_message_active_limit`.
+    pub active_limit: i64,
+    /// `qmgr_message_recipient_limit`.
+    pub recipient_limit: i64,
+    /// `qmgr_message_recipient_minimum`.
+    pub recipient_minimum: i64,
+    /// `qmgr_fudge_factor` (oqmgr), percent.
+    pub fudge_factor: i64,
+    /// `helpful_warnings`.
+    pub helpful_warnings: bool,
+    /// `qmgr_clog_warn_time` (0 = off).
+    pub clog_warn_time: u64,
+}
+
+impl Settings {
+    /// Postfix's defaults, for tests and the simulator.
+    pub fn postfix_defaults(strategy: Strategy) -> Settings {
+        Settings {
+            strategy,
+            minimal_backoff_time: 300,
+            transport_retry_time: 60,
+            feedback_debug: false,
+            recipient_delimiter: String::new(),
+            active_limit: 20000,
+            recipient_limit: 20000,
+            recipient_minimum: 10,
+            fudge_factor: 100,
+            helpful_warnings: true,
+            clog_warn_time: 300,
+        }
+    }
 }
 
 /// Where the shell wants a recipient to go.
@@ -123,25 +204,45 @@ struct Transport {
     neg_feedback: Feedback,
     pending: u32,
     dead: Option<Reason>,
-    queues: VecDeque<QueueId>,
-    queue_by_name: HashMap<String, QueueId>,
+    dead_timer: Option<(Instant, u64)>,
+    rate_locked: bool,
+    queues: List,
+    queue_by_name: HashMap<String, u32>,
+    /// Σ over ready queues of min(window - busy, todo), at least 0 each.
+    deliverable: i64,
+    // nqmgr job scheduler state (qmgr_transport.c, qmgr_job.c).
+    job_list: List,
+    job_bytime: List,
+    job_current: u32,
+    job_next_unread: u32,
+    candidate_cache: u32,
+    candidate_cache_current: u32,
+    candidate_cache_time: u64,
+    blocker_tag: u32,
+    rcpt_unused: i64,
 }
 
 #[derive(Debug)]
 struct Queue {
-    transport: usize,
+    transport: u32,
     name: String,
     nexthop: String,
-    /// > 0: ready, the concurrency limit; 0: dead.
+    /// > 0: ready (the concurrency limit); 0: dead; -1: suspended (rate delay).
     window: i32,
-    todo: VecDeque<EntryId>,
+    todo: List,
     busy: i32,
     success: f64,
     failure: f64,
     fail_cohorts: f64,
     dead: Option<Reason>,
-    last_done: Option<Instant>,
+    timer: Option<(Instant, u64)>,
+    /// Seconds of the last finished delivery (for back-to-back detection).
+    last_done: Option<u64>,
     dflags: u32,
+    blocker_tag: u32,
+    clog_time_to_warn: u64,
+    /// This queue's share of its transport's `deliverable`.
+    contrib: i64,
 }
 
 /// One future delivery request.
@@ -150,62 +251,141 @@ pub struct Entry<R> {
     pub msg: MessageId,
     pub queue: QueueId,
     pub recipients: Vec<R>,
+    peer: u32,
     busy: bool,
+}
+
+#[derive(Debug)]
+struct Peer {
+    job: u32,
+    queue: u32,
+    entries: List,
+    refcount: u32,
+}
+
+#[derive(Debug)]
+struct Job {
+    msg: u32,
+    transport: u32,
+    stack_parent: u32,
+    stack_children: Vec<u32>,
+    /// -1: retired (not on the job lists); 0: top level; > 0: preempting.
+    stack_level: i32,
+    blocker_tag: u32,
+    peers: List,
+    peer_by_queue: HashMap<u32, u32>,
+    slots_used: i64,
+    slots_available: i64,
+    selected_entries: i64,
+    read_entries: i64,
+    rcpt_count: i64,
+    rcpt_limit: i64,
+}
+
+#[derive(Debug)]
+struct Message {
+    refcount: u32,
+    rcpt_count: i64,
+    rcpt_limit: i64,
+    rcpt_unread: i64,
+    /// More recipients to read from the file (`rcpt_offset != 0`).
+    more: bool,
+    /// Never read yet (the first read has its own budget).
+    fresh: bool,
+    /// Seconds when the message entered the core (`queued_time`).
+    queued_time: u64,
+    /// Seconds of the last read (`refill_time`).
+    refill_time: u64,
+    jobs: Vec<u32>,
+    refill_pending: bool,
+    single_rcpt: bool,
+    /// oqmgr: the entry the previous recipient went into.
+    last_entry: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    ReviveTransport(usize),
-    ReviveQueue(usize),
+    ReviveTransport(u32),
+    ReviveQueue(u32),
+    ResumeQueue(u32),
 }
 
 /// The scheduler. `R` is the shell's recipient type.
 pub struct Scheduler<R> {
     settings: Settings,
+    epoch: Instant,
     transport_params: Box<dyn FnMut(&str) -> TransportParams>,
     transports: Vec<Transport>,
-    transport_by_name: HashMap<String, usize>,
-    /// Round-robin order for agent allocation.
-    transport_order: VecDeque<usize>,
-    queues: Vec<Option<Queue>>,
-    free_queues: Vec<usize>,
-    entries: Vec<Option<Entry<R>>>,
-    free_entries: Vec<usize>,
-    refcount: HashMap<MessageId, u32>,
+    transport_by_name: HashMap<String, u32>,
+    /// Round-robin order for agent allocation (new transports first for
+    /// nqmgr, last for oqmgr).
+    transport_order: VecDeque<u32>,
+    queues: Slab<Queue>,
+    queue_links: Links,
+    entries: Slab<Entry<R>>,
+    entry_queue_links: Links,
+    entry_peer_links: Links,
+    peers: Slab<Peer>,
+    peer_links: Links,
+    jobs: Slab<Job>,
+    job_list_links: Links,
+    job_time_links: Links,
+    job_by_key: HashMap<(u32, u32), u32>,
+    messages: Slab<Message>,
+    recipient_count: i64,
     actions: VecDeque<Action<R>>,
     timers: BTreeMap<(Instant, u64), Timer>,
     timer_seq: u64,
+    /// The last assignment's (transport, nexthop, queue), to skip lookups for
+    /// runs of recipients with the same destination (`qmgr_message_resolve`).
+    last_assign: Option<(u32, String, u32)>,
 }
-
-/// Connection-cache request flags (`DEL_REQ_FLAG_CONN_LOAD|CONN_STORE`).
-const CONN_LOAD: u32 = 2048;
-const CONN_STORE: u32 = 4096;
 
 impl<R> Scheduler<R> {
     /// A core with no transports; `transport_params` is asked once per new
-    /// transport name.
+    /// transport name; `now` anchors the core's clock.
     pub fn new(
         settings: Settings,
         transport_params: Box<dyn FnMut(&str) -> TransportParams>,
+        now: Instant,
     ) -> Scheduler<R> {
         Scheduler {
             settings,
+            epoch: now,
             transport_params,
             transports: Vec::new(),
             transport_by_name: HashMap::new(),
             transport_order: VecDeque::new(),
-            queues: Vec::new(),
-            free_queues: Vec::new(),
-            entries: Vec::new(),
-            free_entries: Vec::new(),
-            refcount: HashMap::new(),
+            queues: Slab::default(),
+            queue_links: Links::default(),
+            entries: Slab::default(),
+            entry_queue_links: Links::default(),
+            entry_peer_links: Links::default(),
+            peers: Slab::default(),
+            peer_links: Links::default(),
+            jobs: Slab::default(),
+            job_list_links: Links::default(),
+            job_time_links: Links::default(),
+            job_by_key: HashMap::new(),
+            messages: Slab::default(),
+            recipient_count: 0,
             actions: VecDeque::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
+            last_assign: None,
         }
     }
 
-    fn transport_index(&mut self, name: &str) -> usize {
+    fn nqmgr(&self) -> bool {
+        self.settings.strategy == Strategy::Nqmgr
+    }
+
+    /// Whole seconds since the core's epoch (Postfix's integer time).
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn transport_index(&mut self, name: &str) -> u32 {
         if let Some(&t) = self.transport_by_name.get(name) {
             return t;
         }
@@ -218,104 +398,192 @@ impl<R> Scheduler<R> {
             &params.neg_feedback,
             &format!("{name}_destination_concurrency_negative_feedback"),
         );
-        let t = self.transports.len();
+        let t = self.transports.len() as u32;
         self.transports.push(Transport {
             name: name.to_string(),
+            rcpt_unused: params.rcpt_unused,
             params,
             pos_feedback: pos,
             neg_feedback: neg,
             pending: 0,
             dead: None,
-            queues: VecDeque::new(),
+            dead_timer: None,
+            rate_locked: false,
+            queues: List::default(),
             queue_by_name: HashMap::new(),
+            deliverable: 0,
+            job_list: List::default(),
+            job_bytime: List::default(),
+            job_current: NIL,
+            job_next_unread: NIL,
+            candidate_cache: NIL,
+            candidate_cache_current: NIL,
+            candidate_cache_time: 0,
+            blocker_tag: 1,
         });
         self.transport_by_name.insert(name.to_string(), t);
-        // New transports go first (qmgr_transport_create prepends).
-        self.transport_order.push_front(t);
+        if self.nqmgr() {
+            self.transport_order.push_front(t);
+        } else {
+            self.transport_order.push_back(t);
+        }
         t
     }
 
-    fn queue(&self, q: QueueId) -> &Queue {
-        self.queues[q.0].as_ref().expect("live queue")
+    // ----- messages -------------------------------------------------------
+
+    /// A new message enters the core (`qmgr_message_create`).
+    pub fn message_new(&mut self, now: Instant) -> MessageId {
+        let secs = self.secs(now);
+        let m = Message {
+            refcount: 0,
+            rcpt_count: 0,
+            rcpt_limit: self.settings.recipient_minimum,
+            rcpt_unread: 0,
+            more: false,
+            fresh: true,
+            queued_time: secs,
+            refill_time: 0,
+            jobs: Vec::new(),
+            refill_pending: false,
+            single_rcpt: false,
+            last_entry: NIL,
+        };
+        MessageId(self.messages.insert(m))
     }
 
-    fn queue_mut(&mut self, q: QueueId) -> &mut Queue {
-        self.queues[q.0].as_mut().expect("live queue")
+    /// How many recipients the next read of `msg` may take
+    /// (`qmgr_message_read`; oqmgr: `qmgr_message_recipient_limit` times the
+    /// fudge factor).
+    pub fn read_limit(&self, msg: MessageId) -> usize {
+        let m = &self.messages[msg.0];
+        let limit = if !self.nqmgr() {
+            self.settings.recipient_limit * self.settings.fudge_factor / 100
+        } else if m.fresh {
+            (self.settings.recipient_limit - self.recipient_count)
+                .max(m.rcpt_limit)
+                .min(MAX_READ_BATCH)
+        } else {
+            (m.rcpt_limit - m.rcpt_count).min(MAX_READ_BATCH)
+        };
+        limit.max(1) as usize
     }
 
-    /// The entry `e` (its message, queue and recipients).
-    ///
-    /// Panics if `e` was already finished (a shell bug, not outside input).
-    pub fn entry(&self, e: EntryId) -> &Entry<R> {
-        self.entries[e.0].as_ref().expect("live entry")
+    /// A batch of `msg` was read: `rcpt_unread` recipients remain unread
+    /// in the file (the `C` count minus those seen), `more` says whether
+    /// another batch follows, `single_rcpt` is set for VERP mail (one
+    /// recipient per delivery).
+    pub fn batch_read(
+        &mut self,
+        msg: MessageId,
+        rcpt_unread: i64,
+        more: bool,
+        single_rcpt: bool,
+        now: Instant,
+    ) {
+        let secs = self.secs(now);
+        let m = &mut self.messages[msg.0];
+        m.rcpt_unread = rcpt_unread.max(0);
+        m.more = more;
+        m.fresh = false;
+        m.refill_time = secs;
+        m.single_rcpt = single_rcpt;
     }
 
-    /// The nexthop of queue `q`.
-    pub fn nexthop(&self, q: QueueId) -> &str {
-        &self.queue(q).nexthop
+    /// True when oqmgr's admission rule lets another message in (the global
+    /// in-core recipient count is below `qmgr_message_recipient_limit`);
+    /// nqmgr admits on the message count alone (checked by the shell).
+    pub fn admits_more(&self) -> bool {
+        self.nqmgr() || self.recipient_count < self.settings.recipient_limit
     }
 
-    /// The name of the transport of queue `q`.
-    pub fn transport_of(&self, q: QueueId) -> &str {
-        &self.transports[self.queue(q).transport].name
+    /// Number of messages in the core.
+    pub fn message_count(&self) -> usize {
+        self.messages.len()
     }
 
-    /// The parameters of transport `name` (read on first use).
-    pub fn transport_params(&mut self, name: &str) -> &TransportParams {
-        let t = self.transport_index(name);
-        &self.transports[t].params
-    }
-
-    /// Connection-cache flags to add to a request for queue `q`.
-    pub fn queue_dflags(&self, q: QueueId) -> u32 {
-        self.queue(q).dflags
+    /// Number of recipients in the core (`qmgr_recipient_count`).
+    pub fn recipient_count(&self) -> i64 {
+        self.recipient_count
     }
 
     /// Number of entries not yet finished for `msg`.
     pub fn refcount(&self, msg: MessageId) -> u32 {
-        self.refcount.get(&msg).copied().unwrap_or(0)
+        self.messages.get(msg.0).map_or(0, |m| m.refcount)
     }
 
-    fn find_or_create_queue(&mut self, t: usize, name: &str, nexthop: &str) -> QueueId {
-        if let Some(&q) = self.transports[t].queue_by_name.get(name) {
-            return q;
-        }
-        let queue = Queue {
-            transport: t,
-            name: name.to_string(),
-            nexthop: nexthop.to_string(),
-            window: self.transports[t].params.init_dest_concurrency.max(1) as i32,
-            todo: VecDeque::new(),
-            busy: 0,
-            success: 0.0,
-            failure: 0.0,
-            fail_cohorts: 0.0,
-            dead: None,
-            last_done: None,
-            dflags: 0,
-        };
-        let idx = match self.free_queues.pop() {
-            Some(i) => {
-                self.queues[i] = Some(queue);
-                i
-            }
+    /// Binds one recipient of `msg` to a queue (`qmgr_message_resolve`
+    /// steps 9-16 and `qmgr_message_assign`). A dead transport or queue sends
+    /// the recipient to the `retry` transport instead; if that is dead too,
+    /// the recipient is handed back with the reason, for the shell to defer.
+    ///
+    /// Errors: `(recipient, reason)` when nothing can take the recipient.
+    pub fn assign(
+        &mut self,
+        msg: MessageId,
+        a: Assignment<'_, R>,
+        now: Instant,
+    ) -> Result<(), (R, Reason)> {
+        let cached = self.last_assign.as_ref().and_then(|(lt, nexthop, lq)| {
+            let queue = self.queues.get(*lq)?;
+            let tr = &self.transports[*lt as usize];
+            (!a.flush_each
+                && tr.name == a.transport
+                && tr.dead.is_none()
+                && nexthop == a.nexthop
+                && queue.transport == *lt
+                && queue.nexthop == a.nexthop
+                && queue.window > 0)
+                .then_some(*lq)
+        });
+        let q = match cached {
+            Some(q) => q,
             None => {
-                self.queues.push(Some(queue));
-                self.queues.len() - 1
+                let mut t = self.transport_index(a.transport);
+                if a.flush_each && self.transports[t as usize].dead.is_some() {
+                    self.revive_transport(t);
+                }
+                let mut nexthop = a.nexthop.to_string();
+                if let Some(reason) = self.transports[t as usize].dead.clone() {
+                    let r = self.transport_index(RETRY);
+                    if self.transports[r as usize].dead.is_some() {
+                        return Err((a.rcpt, reason));
+                    }
+                    t = r;
+                    nexthop = reason.nexthop();
+                }
+                let name = self.queue_name(t, &nexthop, a.address);
+                let mut q = self.find_or_create_queue(t, &name, &nexthop);
+                if a.flush_each && self.queues[q].window == 0 {
+                    self.unthrottle_queue(q);
+                }
+                if let Some(reason) = self.queues[q].dead.clone() {
+                    match self.retry_queue(&reason) {
+                        Some(rq) => q = rq,
+                        None => return Err((a.rcpt, reason)),
+                    }
+                }
+                // Per-recipient queue names depend on the address: not cached.
+                let own = self.queues[q].transport == t && self.queues[q].nexthop == a.nexthop;
+                self.last_assign =
+                    (own && !self.per_recipient_queues(t)).then(|| (t, a.nexthop.to_string(), q));
+                q
             }
         };
-        let q = QueueId(idx);
-        self.transports[t].queues.push_back(q);
-        self.transports[t].queue_by_name.insert(name.to_string(), q);
-        q
+        self.add_recipient(msg.0, q, a.rcpt, now);
+        Ok(())
+    }
+
+    fn per_recipient_queues(&self, t: u32) -> bool {
+        let tr = &self.transports[t as usize];
+        tr.name != ERROR && tr.name != RETRY && tr.params.recipient_limit == 1
     }
 
     /// The queue name for a recipient (`qmgr_message_resolve`): the nexthop,
     /// or `localpart@nexthop` when the transport delivers one recipient per
     /// request; always lower-cased.
-    fn queue_name(&self, t: usize, nexthop: &str, address: &[u8]) -> String {
-        let tr = &self.transports[t];
-        let mut name = if tr.name != ERROR && tr.name != RETRY && tr.params.recipient_limit == 1 {
+    fn queue_name(&self, t: u32, nexthop: &str, address: &[u8]) -> String {
+        let mut name = if self.per_recipient_queues(t) {
             let local = match address.iter().rposition(|&c| c == b'@') {
                 Some(at) => &address[..at],
                 None => address,
@@ -336,132 +604,320 @@ impl<R> Scheduler<R> {
         name
     }
 
-    /// Binds one recipient of `msg` to a queue, creating transports, queues
-    /// and entries as needed (`qmgr_message_resolve` steps 9-16 and
-    /// `qmgr_message_assign`). A dead transport or queue sends the recipient
-    /// to the `retry` transport instead; if that is dead too, the recipient is
-    /// handed back with the reason, for the shell to defer.
-    ///
-    /// Errors: `(recipient, reason)` when nothing can take the recipient.
-    pub fn assign(
-        &mut self,
-        msg: MessageId,
-        a: Assignment<'_, R>,
-        now: Instant,
-    ) -> Result<(), (R, Reason)> {
-        let mut t = self.transport_index(a.transport);
-        if a.flush_each && self.transports[t].dead.is_some() {
-            self.revive_transport(t);
-        }
-        let mut nexthop = a.nexthop.to_string();
-        if let Some(reason) = self.transports[t].dead.clone() {
-            let r = self.transport_index(RETRY);
-            if self.transports[r].dead.is_some() {
-                return Err((a.rcpt, reason));
-            }
-            t = r;
-            nexthop = reason.nexthop();
-        }
-        let name = self.queue_name(t, &nexthop, a.address);
-        let mut q = self.find_or_create_queue(t, &name, &nexthop);
-        if a.flush_each && self.queue(q).window == 0 {
-            self.revive_queue(q, now);
-        }
-        if let Some(reason) = self.queue(q).dead.clone() {
-            match self.retry_queue(&reason) {
-                Some(rq) => q = rq,
-                None => return Err((a.rcpt, reason)),
-            }
-        }
-        self.add_to_queue(msg, q, a.rcpt);
-        Ok(())
-    }
-
     /// The queue of the `retry` transport for `reason`, unless the retry
     /// transport or that queue is dead (`qmgr_error_queue`).
-    fn retry_queue(&mut self, reason: &Reason) -> Option<QueueId> {
+    fn retry_queue(&mut self, reason: &Reason) -> Option<u32> {
         let r = self.transport_index(RETRY);
-        if self.transports[r].dead.is_some() {
+        if self.transports[r as usize].dead.is_some() {
             return None;
         }
         let nexthop = reason.nexthop();
         let q = self.find_or_create_queue(r, &nexthop, &nexthop);
-        (self.queue(q).window > 0).then_some(q)
+        (self.queues[q].window != 0).then_some(q)
     }
 
-    fn add_to_queue(&mut self, msg: MessageId, q: QueueId, rcpt: R) {
-        let limit = self.transports[self.queue(q).transport]
+    fn add_recipient(&mut self, msg: u32, q: u32, rcpt: R, now: Instant) {
+        let limit = self.transports[self.queues[q].transport as usize]
             .params
             .recipient_limit;
-        // Reuse the queue's last entry if it is this message's and has room.
-        if let Some(&last) = self.queue(q).todo.back() {
-            let e = self.entries[last.0].as_mut().expect("live entry");
-            if e.msg == msg && (limit <= 0 || (e.recipients.len() as i64) < limit) {
-                e.recipients.push(rcpt);
-                return;
+        let single = self.messages[msg].single_rcpt;
+        let limit_ok = |n: usize| limit <= 0 || (n as i64) < limit;
+        let entry = if self.nqmgr() {
+            let t = self.queues[q].transport;
+            let job = self.job_obtain(msg, t);
+            let peer = self.peer_obtain(job, q);
+            match self.peers[peer].entries.last() {
+                Some(e) if !single && limit_ok(self.entries[e].recipients.len()) => e,
+                _ => self.entry_create(msg, q, peer, now),
             }
+        } else {
+            let last = self.messages[msg].last_entry;
+            match self.entries.get(last) {
+                Some(e)
+                    if !single
+                        && e.queue.0 == q
+                        && e.msg.0 == msg
+                        && !e.busy
+                        && limit_ok(e.recipients.len()) =>
+                {
+                    last
+                }
+                _ => self.entry_create(msg, q, NIL, now),
+            }
+        };
+        self.entries[entry].recipients.push(rcpt);
+        if self.nqmgr() {
+            let job = self.peers[self.entries[entry].peer].job;
+            self.jobs[job].rcpt_count += 1;
+        } else {
+            self.messages[msg].last_entry = entry;
         }
-        let entry = Entry {
-            msg,
-            queue: q,
-            recipients: vec![rcpt],
-            busy: false,
-        };
-        let idx = match self.free_entries.pop() {
-            Some(i) => {
-                self.entries[i] = Some(entry);
-                i
-            }
-            None => {
-                self.entries.push(Some(entry));
-                self.entries.len() - 1
-            }
-        };
-        self.queue_mut(q).todo.push_back(EntryId(idx));
-        *self.refcount.entry(msg).or_insert(0) += 1;
+        self.messages[msg].rcpt_count += 1;
+        self.recipient_count += 1;
     }
 
-    /// All recipients of this read of `msg` have been assigned; if none
-    /// produced an entry, the message is done right away.
+    /// All recipients of this read of `msg` have been assigned
+    /// (`qmgr_message_assign`'s epilogue, `qmgr_message_move_limits`); if
+    /// none produced an entry, the message is done.
     pub fn assigned(&mut self, msg: MessageId) {
-        if self.refcount(msg) == 0 {
-            self.refcount.remove(&msg);
+        let m = msg.0;
+        self.messages[m].refill_pending = false;
+        self.messages[m].last_entry = NIL;
+        if self.nqmgr() {
+            for job in self.messages[m].jobs.clone() {
+                let t = self.jobs[job].transport as usize;
+                if self.jobs[job].selected_entries < self.jobs[job].read_entries
+                    && self.jobs[job].blocker_tag != self.transports[t].blocker_tag
+                {
+                    self.transports[t].candidate_cache_current = NIL;
+                }
+            }
+            if !self.messages[m].more {
+                for job in self.messages[m].jobs.clone() {
+                    self.job_move_limits(job);
+                }
+            }
+        }
+        if self.messages[m].refcount == 0 {
             self.actions.push_back(Action::MessageDone { msg });
         }
     }
+
+    /// The shell is done with `msg` (`qmgr_message_free`): its jobs go, and
+    /// their recipient slots return to the transports.
+    pub fn message_free(&mut self, msg: MessageId) {
+        let Some(m) = self.messages.get(msg.0) else {
+            return;
+        };
+        debug_assert_eq!(m.refcount, 0);
+        for job in m.jobs.clone() {
+            self.job_free(job);
+        }
+        self.messages.remove(msg.0);
+    }
+
+    // ----- entries --------------------------------------------------------
+
+    /// The entry `e` (its message, queue and recipients).
+    ///
+    /// Panics if `e` was already finished (a shell bug, not outside input).
+    pub fn entry(&self, e: EntryId) -> &Entry<R> {
+        &self.entries[e.0]
+    }
+
+    /// The nexthop of queue `q`.
+    pub fn nexthop(&self, q: QueueId) -> &str {
+        &self.queues[q.0].nexthop
+    }
+
+    /// The name of the transport of queue `q`.
+    pub fn transport_of(&self, q: QueueId) -> &str {
+        &self.transports[self.queues[q.0].transport as usize].name
+    }
+
+    /// Connection-cache flags to add to a request for queue `q`.
+    pub fn queue_dflags(&self, q: QueueId) -> u32 {
+        self.queues[q.0].dflags
+    }
+
+    fn entry_create(&mut self, msg: u32, q: u32, peer: u32, now: Instant) -> u32 {
+        let e = self.entries.insert(Entry {
+            msg: MessageId(msg),
+            queue: QueueId(q),
+            recipients: Vec::new(),
+            peer,
+            busy: false,
+        });
+        self.messages[msg].refcount += 1;
+        if peer != NIL {
+            self.peers[peer]
+                .entries
+                .push_back(&mut self.entry_peer_links, e);
+            self.peers[peer].refcount += 1;
+            let job = self.peers[peer].job;
+            self.jobs[job].read_entries += 1;
+        }
+        self.queues[q]
+            .todo
+            .push_back(&mut self.entry_queue_links, e);
+        self.update_contrib(q);
+        self.clog_warning(q, now);
+        e
+    }
+
+    /// Warns when one destination fills the active queue
+    /// (`qmgr_entry_create`).
+    fn clog_warning(&mut self, q: u32, now: Instant) {
+        if !self.settings.helpful_warnings || self.settings.clog_warn_time == 0 {
+            return;
+        }
+        let secs = self.secs(now);
+        let queue = &self.queues[q];
+        let length = queue.todo.len() as i64 + i64::from(queue.busy);
+        if length <= self.settings.active_limit / 5 || secs < queue.clog_time_to_warn {
+            return;
+        }
+        let count = self.messages.len().max(1) as i64;
+        let share = length as f64 / count as f64;
+        let tr = &self.transports[queue.transport as usize];
+        tracing::warn!(
+            "mail for {} is using up {length} of {count} active queue entries",
+            queue.nexthop
+        );
+        if share < 0.9 {
+            tracing::warn!("this may slow down other mail deliveries");
+        }
+        let limit = tr.params.dest_concurrency_limit;
+        if limit > 0 && limit <= i64::from(queue.busy) + 1 {
+            tracing::warn!("you may need to increase the main.cf {}_destination_concurrency_limit from {limit}", tr.name);
+        } else if f64::from(queue.window) > self.settings.active_limit as f64 * share {
+            tracing::warn!(
+                "you may need to increase the main.cf qmgr_message_active_limit from {}",
+                self.settings.active_limit
+            );
+        } else if self.queue_has_several_peers(q) {
+            tracing::warn!(
+                "you may need a separate master.cf transport for {}",
+                queue.nexthop
+            );
+        } else {
+            tracing::warn!(
+                "you may need to reduce {} connect and helo timeouts",
+                tr.name
+            );
+            tracing::warn!("so that Postfix quickly skips unavailable hosts");
+            tracing::warn!("you may need to increase the main.cf minimal_backoff_time and maximal_backoff_time");
+            tracing::warn!("so that Postfix wastes less time on undeliverable mail");
+            tracing::warn!(
+                "you may need to increase the master.cf {} process limit",
+                tr.name
+            );
+        }
+        tracing::warn!("please avoid flushing the whole queue when you have");
+        tracing::warn!("lots of deferred mail, that is bad for performance");
+        tracing::warn!("to turn off these warnings specify: qmgr_clog_warn_time = 0");
+        self.queues[q].clog_time_to_warn = secs + self.settings.clog_warn_time;
+    }
+
+    /// Postfix's test is "the transport has other queues" (`queue->peers`
+    /// are the transport's queue list links).
+    fn queue_has_several_peers(&self, q: u32) -> bool {
+        self.transports[self.queues[q].transport as usize]
+            .queues
+            .len()
+            > 1
+    }
+
+    /// Which list an entry is taken off when it is done.
+    fn entry_done(&mut self, e: u32, busy: bool, now: Instant) -> (MessageId, Vec<R>) {
+        let entry = self.entries.remove(e);
+        let q = entry.queue.0;
+        let msg = entry.msg.0;
+        let t = self.queues[q].transport;
+        if busy {
+            self.queues[q].busy -= 1;
+        } else {
+            self.queues[q].todo.remove(&mut self.entry_queue_links, e);
+            if entry.peer != NIL {
+                self.peers[entry.peer]
+                    .entries
+                    .remove(&mut self.entry_peer_links, e);
+                let job = self.peers[entry.peer].job;
+                self.jobs[job].selected_entries += 1;
+            }
+        }
+        let n = entry.recipients.len() as i64;
+        self.messages[msg].rcpt_count -= n;
+        self.recipient_count -= n;
+        if entry.peer != NIL {
+            let job = self.peers[entry.peer].job;
+            self.jobs[job].rcpt_count -= n;
+            self.return_sponsored_slots(msg, job);
+        }
+        let rate_delay = self.transports[t as usize].params.rate_delay;
+        if busy && rate_delay > 0 {
+            if self.queues[q].window == 0 {
+                self.unthrottle_queue(q);
+            }
+            if self.queues[q].window > 0 {
+                self.suspend_queue(q, now);
+            }
+        }
+        if self.nqmgr()
+            && self.queues[q].window != -1
+            && self.queues[q].blocker_tag == self.transports[t as usize].blocker_tag
+        {
+            self.job_blocker_update(q);
+        }
+        if entry.peer != NIL {
+            let p = entry.peer;
+            self.peers[p].refcount -= 1;
+            if self.peers[p].refcount == 0 {
+                self.peer_free(p);
+            }
+        }
+        if busy {
+            self.queues[q].last_done = Some(self.secs(now));
+        }
+        self.update_contrib(q);
+        if self.queues[q].todo.is_empty() && self.queues[q].busy == 0 {
+            if self.queues[q].window == 0
+                && self.queues.len() as i64 > 2 * self.settings.recipient_limit
+            {
+                self.unthrottle_queue(q);
+            }
+            if self.queues[q].window > 0 {
+                self.queue_done(q);
+            }
+        }
+        let oqmgr_budget = self.settings.recipient_limit * self.settings.fudge_factor / 100 - 100;
+        let oqmgr = !self.nqmgr();
+        let below_budget = self.recipient_count < oqmgr_budget;
+        let m = &mut self.messages[msg];
+        m.refcount -= 1;
+        // oqmgr reads more recipients as soon as the in-core count drops
+        // well below its budget (oqmgr/qmgr_entry.c).
+        if oqmgr && m.more && !m.refill_pending && below_budget {
+            m.refill_pending = true;
+            self.actions.push_back(Action::Refill {
+                msg: MessageId(msg),
+            });
+        }
+        // With a refill under way, completion waits for it (assigned()).
+        let m = &self.messages[msg];
+        if m.refcount == 0 && !m.refill_pending {
+            self.actions.push_back(Action::MessageDone {
+                msg: MessageId(msg),
+            });
+        }
+        (MessageId(msg), entry.recipients)
+    }
+
+    // ----- agents and deliveries -----------------------------------------
 
     /// Agent allocation (`qmgr_transport_select` + `qmgr_active_drain`): ask
     /// for connections while some transport has more deliverable entries than
     /// pending connections.
     fn drain(&mut self) {
         loop {
-            let mut chosen = None;
-            for (pos, &t) in self.transport_order.iter().enumerate() {
-                let tr = &self.transports[t];
-                if tr.dead.is_some() || tr.pending >= MAX_PENDING {
-                    continue;
-                }
-                let mut need = tr.pending as i64 + 1;
-                for &q in &tr.queues {
-                    let queue = self.queues[q.0].as_ref().expect("live queue");
-                    if queue.window > queue.busy {
-                        need -= i64::from(queue.window - queue.busy).min(queue.todo.len() as i64);
-                        if need <= 0 {
-                            break;
-                        }
-                    }
-                }
-                if need <= 0 {
-                    chosen = Some(pos);
-                    break;
-                }
-            }
-            let Some(pos) = chosen else { return };
+            let pos = self.transport_order.iter().position(|&t| {
+                let tr = &self.transports[t as usize];
+                tr.dead.is_none()
+                    && !tr.rate_locked
+                    && tr.pending < MAX_PENDING
+                    && tr.deliverable > i64::from(tr.pending)
+            });
+            let Some(pos) = pos else { return };
             let t = self.transport_order.remove(pos).expect("position in list");
             self.transport_order.push_back(t);
-            self.transports[t].pending += 1;
+            let tr = &mut self.transports[t as usize];
+            tr.pending += 1;
+            if tr.params.xport_rate_delay > 0 {
+                tr.rate_locked = true;
+            }
             self.actions.push_back(Action::Connect {
-                transport: self.transports[t].name.clone(),
+                transport: tr.name.clone(),
+                rate_delay: Duration::from_secs(tr.params.xport_rate_delay.max(0) as u64),
             });
         }
     }
@@ -479,17 +935,15 @@ impl<R> Scheduler<R> {
         self.timers.keys().next().map(|(at, _)| *at)
     }
 
-    fn add_timer(&mut self, at: Instant, timer: Timer) {
+    fn add_timer(&mut self, at: Instant, timer: Timer) -> (Instant, u64) {
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
-    }
-
-    fn cancel_timer(&mut self, timer: Timer) {
-        self.timers.retain(|_, t| *t != timer);
+        let key = (at, self.timer_seq);
+        self.timers.insert(key, timer);
+        key
     }
 
     /// Fires every timer due at `now`: dead transports and destinations come
-    /// back to life.
+    /// back to life, rate-delayed destinations resume.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((&key, &timer)) = self.timers.iter().next() {
             if key.0 > now {
@@ -497,52 +951,110 @@ impl<R> Scheduler<R> {
             }
             self.timers.remove(&key);
             match timer {
-                Timer::ReviveTransport(t) => self.revive_transport(t),
+                Timer::ReviveTransport(t) => {
+                    self.transports[t as usize].dead_timer = None;
+                    self.revive_transport(t);
+                }
                 Timer::ReviveQueue(q) => {
-                    if self.queues.get(q).is_some_and(Option::is_some) {
-                        let qid = QueueId(q);
-                        self.revive_queue(qid, now);
-                        self.maybe_free_queue(qid);
+                    self.queues[q].timer = None;
+                    self.unthrottle_queue(q);
+                    if self.queues[q].window > 0
+                        && self.queues[q].todo.is_empty()
+                        && self.queues[q].busy == 0
+                    {
+                        self.queue_done(q);
                     }
+                }
+                Timer::ResumeQueue(q) => {
+                    self.queues[q].timer = None;
+                    self.resume_queue(q);
                 }
             }
         }
     }
 
-    /// A connection to `transport` is ready: pick the entry to deliver
-    /// (`qmgr_entry_select`), or `None` to close the connection.
+    /// A connection to `transport` is ready (after its rate delay): pick the
+    /// entry to deliver, or `None` to close the connection.
     pub fn agent_ready(&mut self, transport: &str, now: Instant) -> Option<EntryId> {
         let t = *self.transport_by_name.get(transport)?;
-        self.transports[t].pending = self.transports[t].pending.saturating_sub(1);
-        let n = self.transports[t].queues.len();
-        for _ in 0..n {
-            let q = self.transports[t].queues.pop_front()?;
-            self.transports[t].queues.push_back(q);
-            let queue = self.queue(q);
+        self.transports[t as usize].pending = self.transports[t as usize].pending.saturating_sub(1);
+        let e = if self.nqmgr() {
+            self.job_entry_select(t, now)
+        } else {
+            self.oqmgr_entry_select(t, now)
+        };
+        if e.is_none() {
+            // Postfix leaves the rate lock set here and the transport stalls
+            // until restart; nothing is in flight, so release it.
+            self.transports[t as usize].rate_locked = false;
+        }
+        e.map(EntryId)
+    }
+
+    /// oqmgr: the first ready queue with work, round robin; its last entry
+    /// (`oqmgr/qmgr_queue.c:qmgr_queue_select`, `oqmgr/qmgr_entry.c`).
+    fn oqmgr_entry_select(&mut self, t: u32, now: Instant) -> Option<u32> {
+        let mut cur = self.transports[t as usize].queues.first();
+        while let Some(q) = cur {
+            cur = self.queue_links.next(q);
+            let queue = &self.queues[q];
             if queue.window > queue.busy && !queue.todo.is_empty() {
-                return Some(self.select_from(q, now));
+                self.transports[t as usize]
+                    .queues
+                    .rotate_to_back(&mut self.queue_links, q);
+                let e = queue.todo.last().expect("non-empty todo");
+                self.select_entry(e, now);
+                return Some(e);
             }
         }
         None
     }
 
-    fn select_from(&mut self, q: QueueId, now: Instant) -> EntryId {
-        let queue = self.queue_mut(q);
-        let e = queue.todo.pop_front().expect("non-empty todo");
-        queue.busy += 1;
-        // Opportunistic session caching (qmgr_entry_select).
-        let back_to_back = queue
-            .last_done
-            .is_some_and(|d| now.duration_since(d) <= Duration::from_secs(1));
-        if queue.dflags == 0 {
+    /// Moves entry `e` from its queue's todo list to busy
+    /// (`qmgr_entry_select`), with opportunistic session caching.
+    fn select_entry(&mut self, e: u32, now: Instant) {
+        let secs = self.secs(now);
+        let q = self.entries[e].queue.0;
+        let peer = self.entries[e].peer;
+        self.queues[q].todo.remove(&mut self.entry_queue_links, e);
+        self.queues[q].busy += 1;
+        if peer != NIL {
+            self.peers[peer]
+                .entries
+                .remove(&mut self.entry_peer_links, e);
+            let job = self.peers[peer].job;
+            self.jobs[job].selected_entries += 1;
+        }
+        self.entries[e].busy = true;
+        let queue = &mut self.queues[q];
+        let back_to_back = queue.last_done.is_some_and(|d| d + 1 >= secs);
+        if queue.dflags & CONN_STORE == 0 {
             if back_to_back {
-                queue.dflags = CONN_LOAD | CONN_STORE;
+                queue.dflags |= CONN_LOAD | CONN_STORE;
             }
-        } else if queue.busy <= 1 && !back_to_back {
+        } else if !(queue.busy > 1 || back_to_back) {
             queue.dflags &= !CONN_STORE;
         }
-        self.entries[e.0].as_mut().expect("live entry").busy = true;
-        e
+        self.update_contrib(q);
+    }
+
+    /// Puts a selected entry back (`qmgr_entry_unselect`).
+    fn unselect_entry(&mut self, e: u32) {
+        let q = self.entries[e].queue.0;
+        let peer = self.entries[e].peer;
+        self.entries[e].busy = false;
+        self.queues[q].busy -= 1;
+        self.queues[q]
+            .todo
+            .push_back(&mut self.entry_queue_links, e);
+        if peer != NIL {
+            self.peers[peer]
+                .entries
+                .push_front(&mut self.entry_peer_links, e);
+            let job = self.peers[peer].job;
+            self.jobs[job].selected_entries -= 1;
+        }
+        self.update_contrib(q);
     }
 
     /// A connection to `transport` failed before it was ready: the transport
@@ -552,96 +1064,104 @@ impl<R> Scheduler<R> {
         let Some(&t) = self.transport_by_name.get(transport) else {
             return;
         };
-        self.transports[t].pending = self.transports[t].pending.saturating_sub(1);
-        if self.transports[t].dead.is_none() {
-            self.transports[t].dead = Some(reason.clone());
+        self.transports[t as usize].pending = self.transports[t as usize].pending.saturating_sub(1);
+        self.throttle_transport(t, reason, now);
+    }
+
+    fn throttle_transport(&mut self, t: u32, reason: Reason, now: Instant) {
+        if self.transports[t as usize].dead.is_none() {
+            self.transports[t as usize].dead = Some(reason.clone());
             let at = now + Duration::from_secs(self.settings.transport_retry_time);
-            self.add_timer(at, Timer::ReviveTransport(t));
+            let key = self.add_timer(at, Timer::ReviveTransport(t));
+            self.transports[t as usize].dead_timer = Some(key);
         }
-        let queues: Vec<QueueId> = self.transports[t].queues.iter().copied().collect();
-        for q in queues {
+        for q in self.transports[t as usize].queues.items(&self.queue_links) {
             self.defer_todo(q, &reason, now);
         }
     }
 
     /// Moves every waiting entry of queue `q` to the retry queue for `reason`,
     /// or hands its recipients to the shell if retry is unavailable
-    /// (`qmgr_defer_todo`).
-    fn defer_todo(&mut self, q: QueueId, reason: &Reason, now: Instant) {
-        let todo: Vec<EntryId> = self.queue_mut(q).todo.drain(..).collect();
-        for e in todo {
-            let entry = self.entries[e.0].take().expect("live entry");
-            self.free_entries.push(e.0);
-            let target = if self.transport_of(q) == RETRY {
-                None
-            } else {
-                self.retry_queue(reason)
-            };
-            match target {
-                Some(rq) => {
-                    for r in entry.recipients {
-                        self.add_to_queue(entry.msg, rq, r);
-                    }
+    /// (`qmgr_defer_todo`, `qmgr_entry_move_todo`).
+    fn defer_todo(&mut self, q: u32, reason: &Reason, now: Instant) {
+        let retry = self.retry_queue(reason);
+        for e in self.queues[q].todo.items(&self.entry_queue_links) {
+            match retry {
+                Some(rq) if rq != q => {
+                    let msg = self.entries[e].msg.0;
+                    let recipients = std::mem::take(&mut self.entries[e].recipients);
+                    let n = recipients.len() as i64;
+                    let peer = if self.nqmgr() {
+                        let rt = self.queues[rq].transport;
+                        let job = self.job_obtain(msg, rt);
+                        let peer = self.peer_obtain(job, rq);
+                        self.jobs[job].rcpt_count += n;
+                        let src_job = self.peers[self.entries[e].peer].job;
+                        self.jobs[src_job].rcpt_count -= n;
+                        peer
+                    } else {
+                        NIL
+                    };
+                    let new = self.entry_create(msg, rq, peer, now);
+                    // The recipients move; the message's counts stay the same
+                    // (the old entry leaves empty).
+                    self.entries[new].recipients = recipients;
+                    self.entry_done(e, false, now);
                 }
-                None => self.actions.push_back(Action::Defer {
-                    msg: entry.msg,
-                    recipients: entry.recipients,
-                    reason: reason.clone(),
-                }),
+                _ => {
+                    let msg = self.entries[e].msg;
+                    let recipients = std::mem::take(&mut self.entries[e].recipients);
+                    let n = recipients.len() as i64;
+                    // Count them off here: the entry leaves with no recipients.
+                    self.messages[msg.0].rcpt_count -= n;
+                    self.recipient_count -= n;
+                    if self.entries[e].peer != NIL {
+                        let job = self.peers[self.entries[e].peer].job;
+                        self.jobs[job].rcpt_count -= n;
+                    }
+                    self.actions.push_back(Action::Defer {
+                        msg,
+                        recipients,
+                        reason: reason.clone(),
+                    });
+                    self.entry_done(e, false, now);
+                }
             }
-            self.release(entry.msg);
-        }
-        self.maybe_free_queue(q);
-        let _ = now;
-    }
-
-    fn release(&mut self, msg: MessageId) {
-        let count = self.refcount.get_mut(&msg).expect("message with entries");
-        *count -= 1;
-        if *count == 0 {
-            self.refcount.remove(&msg);
-            self.actions.push_back(Action::MessageDone { msg });
         }
     }
 
-    /// The request for `e` could not be written: the entry goes back to the
-    /// head of its queue and the transport is throttled like a failed
-    /// connection.
+    /// The request for `e` could not be written: the entry goes back and the
+    /// transport is throttled like a failed connection (`qmgr_deliver`).
     pub fn write_failed(&mut self, e: EntryId, reason: Reason, now: Instant) {
-        let q = self.entry(e).queue;
-        self.entries[e.0].as_mut().expect("live entry").busy = false;
-        let queue = self.queue_mut(q);
-        queue.busy -= 1;
-        queue.todo.push_front(e);
-        let transport = self.transport_of(q).to_string();
-        // agent_failed decrements pending; this connection was already counted off.
-        let t = self.transport_by_name[&transport];
-        self.transports[t].pending += 1;
-        self.agent_failed(&transport, reason, now);
+        let t = self.queues[self.entries[e.0].queue.0].transport;
+        self.unselect_entry(e.0);
+        self.throttle_transport(t, reason, now);
     }
 
     /// A delivery finished (`qmgr_deliver_update` + `qmgr_entry_done`):
     /// feedback for the destination, then the entry is released. Returns the
-    /// entry's message and recipients; `true` in the second field when the
-    /// message must be retried.
+    /// entry's message, its recipients, and whether the message must be
+    /// retried.
     pub fn delivery_done(
         &mut self,
         e: EntryId,
         outcome: Outcome,
         now: Instant,
-    ) -> (MessageId, bool) {
-        let entry = self.entries[e.0].take().expect("live entry");
-        self.free_entries.push(e.0);
-        debug_assert!(entry.busy);
-        let q = entry.queue;
-        let t = self.queue(q).transport;
+    ) -> (MessageId, Vec<R>, bool) {
+        let q = self.entries[e.0].queue.0;
+        let t = self.queues[q].transport;
         let crashed = outcome == Outcome::Crashed;
-        let (retry, hop) = match outcome {
+        let (retry, hop, reason_empty) = match outcome {
             Outcome::Crashed => (
                 true,
                 Some(Reason::new("4.3.0", "unknown mail transport error")),
+                false,
             ),
-            Outcome::Replied { retry, hop } => (retry, hop),
+            Outcome::Replied {
+                retry,
+                hop,
+                reason_empty,
+            } => (retry, hop, reason_empty),
         };
         if retry {
             if let Some(h) = &hop {
@@ -649,173 +1169,152 @@ impl<R> Scheduler<R> {
                     &h.status,
                     &format!("delivery temporarily suspended: {}", h.text),
                 );
-                if self.queue(q).window > 0 {
+                if self.queues[q].window > 0 {
                     self.throttle_queue(q, &reason, now);
-                    if self.queue(q).window == 0 {
+                    if self.queues[q].window == 0 {
                         self.defer_todo(q, &reason, now);
                     }
                 }
             }
         }
         if !crashed {
-            if self.transports[t].dead.is_some() {
-                self.revive_transport(t);
-            }
-            if hop.is_none() {
+            self.unthrottle_transport(t);
+            if reason_empty && hop.is_none() {
                 self.unthrottle_queue(q);
             }
-        }
-        let queue = self.queue_mut(q);
-        queue.busy -= 1;
-        queue.last_done = Some(now);
-        self.maybe_free_queue(q);
-        self.release(entry.msg);
-        (entry.msg, retry)
-    }
-
-    fn log_window(&self, q: QueueId, func: &str) {
-        let queue = self.queue(q);
-        let tr = &self.transports[queue.transport];
-        if self.settings.feedback_debug && tr.name != ERROR && tr.name != RETRY {
-            tracing::info!(
-                "{func}: queue {}: limit {} window {} success {} failure {} fail_cohorts {}",
-                queue.name,
-                tr.params.dest_concurrency_limit,
-                queue.window,
-                queue.success,
-                queue.failure,
-                queue.fail_cohorts
-            );
-        }
-    }
-
-    /// Positive feedback (`qmgr_queue_unthrottle`): revive a dead queue, or
-    /// grow the window toward the concurrency limit.
-    fn unthrottle_queue(&mut self, q: QueueId) {
-        let t = self.queue(q).transport;
-        let limit = self.transports[t].params.dest_concurrency_limit as i32;
-        let init = self.transports[t].params.init_dest_concurrency as i32;
-        let fb_kind = self.transports[t].pos_feedback;
-        let queue = self.queue_mut(q);
-        queue.fail_cohorts = 0.0;
-        if queue.window == 0 {
-            queue.dead = None;
-            queue.window = if queue.busy > 0 {
-                queue.busy
-            } else {
-                init.max(1)
-            };
-            queue.success = 0.0;
-            queue.failure = 0.0;
-            self.cancel_timer(Timer::ReviveQueue(q.0));
-            self.log_window(q, "qmgr_queue_unthrottle");
-            return;
-        }
-        if (limit == 0 || limit > queue.window) && queue.window < queue.busy + init {
-            let fb = fb_kind.value(queue.window);
-            queue.success += fb;
-            while queue.success + fb / 2.0 >= 1.0 {
-                queue.window += 1;
-                queue.success -= 1.0;
-                queue.failure = 0.0;
-            }
-            if limit > 0 && queue.window > limit {
-                queue.window = limit;
-            }
-        }
-        self.log_window(q, "qmgr_queue_unthrottle");
-    }
-
-    /// Negative feedback (`qmgr_queue_throttle`): shrink the window; after a
-    /// cohort's worth of failures the destination is dead for
-    /// `minimal_backoff_time`.
-    fn throttle_queue(&mut self, q: QueueId, reason: &Reason, now: Instant) {
-        let t = self.queue(q).transport;
-        let cohort_limit = self.transports[t].params.fail_cohort_limit as f64;
-        let fb_kind = self.transports[t].neg_feedback;
-        let backoff = Duration::from_secs(self.settings.minimal_backoff_time);
-        let queue = self.queue_mut(q);
-        queue.fail_cohorts += 1.0 / f64::from(queue.window);
-        if cohort_limit > 0.0 && queue.fail_cohorts >= cohort_limit {
-            queue.window = 0;
-        }
-        if queue.window > 0 {
-            let fb = fb_kind.value(queue.window);
-            queue.failure -= fb;
-            while queue.failure - fb / 2.0 < 0.0 {
-                queue.window -= 1;
-                queue.success = 0.0;
-                queue.failure += 1.0;
-            }
-            if queue.window < 1 {
-                queue.window = 1;
-            }
         } else {
-            queue.dead = Some(reason.clone());
-            queue.dflags = 0;
-            self.add_timer(now + backoff, Timer::ReviveQueue(q.0));
+            // Postfix leaves a crashed transport rate-locked until restart.
+            self.transports[t as usize].rate_locked = false;
         }
-        self.log_window(q, "qmgr_queue_throttle");
+        let (msg, recipients) = self.entry_done(e.0, true, now);
+        (msg, recipients, retry)
     }
 
-    fn revive_queue(&mut self, q: QueueId, _now: Instant) {
-        if self.queue(q).window == 0 {
-            self.unthrottle_queue(q);
-        }
+    fn unthrottle_transport(&mut self, t: u32) {
+        self.revive_transport(t);
+        self.transports[t as usize].rate_locked = false;
     }
 
-    fn revive_transport(&mut self, t: usize) {
-        if self.transports[t].dead.take().is_some() {
-            self.cancel_timer(Timer::ReviveTransport(t));
-        }
-    }
-
-    /// Frees a ready queue with no entries (`qmgr_queue_done`).
-    fn maybe_free_queue(&mut self, q: QueueId) {
-        let queue = self.queue(q);
-        if queue.window > 0 && queue.busy == 0 && queue.todo.is_empty() {
-            let t = queue.transport;
-            let name = queue.name.clone();
-            self.transports[t].queue_by_name.remove(&name);
-            self.transports[t].queues.retain(|&x| x != q);
-            self.queues[q.0] = None;
-            self.free_queues.push(q.0);
+    fn revive_transport(&mut self, t: u32) {
+        if self.transports[t as usize].dead.take().is_some() {
+            if let Some(key) = self.transports[t as usize].dead_timer.take() {
+                self.timers.remove(&key);
+            }
         }
     }
 
     /// Revives every dead transport and destination (`qmgr_enable_all`, the
-    /// `F` trigger).
-    pub fn enable_all(&mut self, now: Instant) {
-        for t in 0..self.transports.len() {
+    /// `F` trigger); frees empty queues.
+    pub fn enable_all(&mut self) {
+        for t in 0..self.transports.len() as u32 {
             self.revive_transport(t);
         }
-        for i in 0..self.queues.len() {
-            if self.queues[i].as_ref().is_some_and(|q| q.window == 0) {
-                let q = QueueId(i);
-                self.revive_queue(q, now);
-                self.maybe_free_queue(q);
+        for q in self.queues.ids().collect::<Vec<_>>() {
+            if self.queues[q].window == 0 {
+                self.unthrottle_queue(q);
+            }
+            if self.queues[q].window > 0
+                && self.queues[q].todo.is_empty()
+                && self.queues[q].busy == 0
+            {
+                self.queue_done(q);
             }
         }
     }
 
-    /// Number of live entries (waiting and busy), for tests and statistics.
+    // ----- observation (tests, simulator, statistics) ----------------------
+
+    /// Number of live entries (waiting and busy).
     pub fn entry_count(&self) -> usize {
-        self.entries.len() - self.free_entries.len()
+        self.entries.len()
     }
 
-    /// Window (concurrency limit, 0 = dead) of the queue named `name` of
-    /// `transport`, if it exists.
+    /// Window (concurrency limit; 0 = dead, -1 = suspended) of the queue
+    /// named `name` of `transport`, if it exists.
     pub fn window(&self, transport: &str, name: &str) -> Option<i32> {
         let t = *self.transport_by_name.get(transport)?;
-        let q = *self.transports[t].queue_by_name.get(name)?;
-        Some(self.queue(q).window)
+        let q = *self.transports[t as usize].queue_by_name.get(name)?;
+        Some(self.queues[q].window)
+    }
+
+    /// Busy entries of the queue named `name` of `transport`.
+    pub fn busy(&self, transport: &str, name: &str) -> Option<i32> {
+        let t = *self.transport_by_name.get(transport)?;
+        let q = *self.transports[t as usize].queue_by_name.get(name)?;
+        Some(self.queues[q].busy)
     }
 
     /// True if `transport` is dead.
     pub fn transport_dead(&self, transport: &str) -> bool {
         self.transport_by_name
             .get(transport)
-            .is_some_and(|&t| self.transports[t].dead.is_some())
+            .is_some_and(|&t| self.transports[t as usize].dead.is_some())
+    }
+
+    /// The parameters of transport `name` (read on first use).
+    pub fn transport_params(&mut self, name: &str) -> &TransportParams {
+        let t = self.transport_index(name);
+        &self.transports[t as usize].params
+    }
+
+    /// Checks internal invariants (for tests): counters agree with lists,
+    /// busy never exceeds a ready window by more than feedback allows.
+    ///
+    /// Errors: a description of the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut rcpts = 0i64;
+        let mut per_msg: HashMap<u32, (u32, i64)> = HashMap::new();
+        for e in self.entries.ids() {
+            let entry = &self.entries[e];
+            rcpts += entry.recipients.len() as i64;
+            let c = per_msg.entry(entry.msg.0).or_default();
+            c.0 += 1;
+            c.1 += entry.recipients.len() as i64;
+        }
+        if rcpts != self.recipient_count {
+            return Err(format!(
+                "recipient_count {} but entries hold {rcpts}",
+                self.recipient_count
+            ));
+        }
+        for m in self.messages.ids() {
+            let (refs, n) = per_msg.get(&m).copied().unwrap_or((0, 0));
+            let msg = &self.messages[m];
+            if msg.refcount != refs || msg.rcpt_count != n {
+                return Err(format!(
+                    "message {m}: refcount {} rcpt_count {} but entries say {refs}/{n}",
+                    msg.refcount, msg.rcpt_count
+                ));
+            }
+        }
+        for (ti, tr) in self.transports.iter().enumerate() {
+            let mut sum = 0;
+            for q in tr.queues.items(&self.queue_links) {
+                let queue = &self.queues[q];
+                if queue.transport as usize != ti {
+                    return Err(format!("queue {} on the wrong transport", queue.name));
+                }
+                let busy = self
+                    .entries
+                    .ids()
+                    .filter(|&e| self.entries[e].queue.0 == q && self.entries[e].busy)
+                    .count();
+                if busy as i32 != queue.busy {
+                    return Err(format!(
+                        "queue {}: busy {} but {busy} busy entries",
+                        queue.name, queue.busy
+                    ));
+                }
+                sum += queue.contrib;
+            }
+            if sum != tr.deliverable {
+                return Err(format!(
+                    "transport {}: deliverable {} but queues sum to {sum}",
+                    tr.name, tr.deliverable
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,9 @@
 //! Scenario tests of the core in virtual time.
 
 use super::*;
+use crate::sim::{Destination, Fate, Sim, SimMessage};
 
-fn params() -> TransportParams {
+pub(crate) fn params() -> TransportParams {
     TransportParams {
         dest_concurrency_limit: 20,
         recipient_limit: 50,
@@ -23,183 +24,161 @@ fn params() -> TransportParams {
     }
 }
 
-fn core() -> Scheduler<u32> {
-    let settings = Settings {
-        minimal_backoff_time: 300,
-        transport_retry_time: 60,
-        feedback_debug: false,
-        recipient_delimiter: "+".into(),
-    };
-    Scheduler::new(
-        settings,
-        Box::new(|name: &str| {
-            let mut p = params();
-            if name == "local" {
-                p.recipient_limit = 1;
-                p.dest_concurrency_limit = 2;
-                p.init_dest_concurrency = 2;
-            }
-            p
-        }),
-    )
+fn params_for(name: &str) -> TransportParams {
+    let mut p = params();
+    if name == "local" {
+        p.recipient_limit = 1;
+        p.dest_concurrency_limit = 2;
+        p.init_dest_concurrency = 2;
+    }
+    if name == "slow" {
+        p.rate_delay = 1;
+        p.dest_concurrency_limit = 1;
+        p.init_dest_concurrency = 1;
+    }
+    p
 }
 
-fn add(
-    c: &mut Scheduler<u32>,
-    msg: u64,
-    transport: &str,
-    nexthop: &str,
-    addr: &str,
-    rcpt: u32,
-    now: Instant,
-) {
-    c.assign(
-        MessageId(msg),
-        Assignment {
-            transport,
-            nexthop,
-            address: addr.as_bytes(),
-            flush_each: false,
-            rcpt,
-        },
-        now,
-    )
-    .unwrap();
+fn core_with(strategy: Strategy, now: Instant) -> Scheduler<u32> {
+    let mut settings = Settings::postfix_defaults(strategy);
+    settings.recipient_delimiter = "+".into();
+    Scheduler::new(settings, Box::new(params_for), now)
+}
+
+fn core(now: Instant) -> Scheduler<u32> {
+    core_with(Strategy::Nqmgr, now)
+}
+
+/// A message with all its recipients read at once.
+fn message(c: &mut Scheduler<u32>, now: Instant, rcpts: &[(&str, &str, &str, u32)]) -> MessageId {
+    let m = c.message_new(now);
+    c.batch_read(m, 0, false, false, now);
+    for &(transport, nexthop, addr, rcpt) in rcpts {
+        c.assign(
+            m,
+            Assignment {
+                transport,
+                nexthop,
+                address: addr.as_bytes(),
+                flush_each: false,
+                rcpt,
+            },
+            now,
+        )
+        .unwrap();
+    }
+    c.assigned(m);
+    m
 }
 
 fn actions(c: &mut Scheduler<u32>) -> Vec<Action<u32>> {
     std::iter::from_fn(|| c.poll_action()).collect()
 }
 
+fn connect(t: &str) -> Action<u32> {
+    Action::Connect {
+        transport: t.into(),
+        rate_delay: Duration::ZERO,
+    }
+}
+
 #[test]
 fn one_message_one_delivery() {
     let now = Instant::now();
-    let mut c = core();
-    add(&mut c, 1, "smtp", "example.com", "a@example.com", 10, now);
-    add(&mut c, 1, "smtp", "example.com", "b@example.com", 11, now);
-    c.assigned(MessageId(1));
-    assert_eq!(
-        actions(&mut c),
-        vec![Action::Connect {
-            transport: "smtp".into()
-        }]
+    let mut c = core(now);
+    let m = message(
+        &mut c,
+        now,
+        &[
+            ("smtp", "example.com", "a@example.com", 10),
+            ("smtp", "example.com", "b@example.com", 11),
+        ],
     );
+    assert_eq!(actions(&mut c), vec![connect("smtp")]);
     let e = c.agent_ready("smtp", now).unwrap();
     assert_eq!(c.entry(e).recipients, vec![10, 11]);
     assert_eq!(c.nexthop(c.entry(e).queue), "example.com");
     assert_eq!(c.agent_ready("smtp", now), None);
-    let (msg, retry) = c.delivery_done(
-        e,
-        Outcome::Replied {
-            retry: false,
-            hop: None,
-        },
-        now,
-    );
-    assert_eq!((msg, retry), (MessageId(1), false));
-    assert_eq!(
-        actions(&mut c),
-        vec![Action::MessageDone { msg: MessageId(1) }]
-    );
+    let (msg, rcpts, retry) = c.delivery_done(e, Outcome::OK, now);
+    assert_eq!((msg, rcpts, retry), (m, vec![10, 11], false));
+    assert_eq!(actions(&mut c), vec![Action::MessageDone { msg: m }]);
+    c.message_free(m);
     assert_eq!(c.entry_count(), 0);
+    c.check_invariants().unwrap();
 }
 
 #[test]
 fn recipient_limit_splits_entries_and_local_queues_per_user() {
     let now = Instant::now();
-    let mut c = core();
-    for i in 0..120 {
-        add(&mut c, 1, "smtp", "example.com", "x@example.com", i, now);
+    for strategy in [Strategy::Nqmgr, Strategy::Oqmgr] {
+        let mut c = core_with(strategy, now);
+        let mut rcpts: Vec<(&str, &str, &str, u32)> = (0..120)
+            .map(|i| ("smtp", "example.com", "x@example.com", i))
+            .collect();
+        rcpts.push(("local", "host.example", "Joe+list@host.example", 500));
+        rcpts.push(("local", "host.example", "joe@host.example", 501));
+        let m = message(&mut c, now, &rcpts);
+        // 120 recipients / 50 per request = 3 entries; local: 1 per entry.
+        assert_eq!(c.entry_count(), 5, "{strategy:?}");
+        assert_eq!(c.refcount(m), 5);
+        assert!(c.window("local", "joe@host.example").is_some());
+        c.check_invariants().unwrap();
     }
-    add(
-        &mut c,
-        1,
-        "local",
-        "host.example",
-        "Joe+list@host.example",
-        500,
-        now,
-    );
-    add(
-        &mut c,
-        1,
-        "local",
-        "host.example",
-        "joe@host.example",
-        501,
-        now,
-    );
-    c.assigned(MessageId(1));
-    // 120 recipients / 50 per request = 3 entries; local: 1 per entry.
-    assert_eq!(c.entry_count(), 5);
-    assert_eq!(c.refcount(MessageId(1)), 5);
-    assert!(c.window("local", "joe@host.example").is_some());
 }
 
 #[test]
 fn message_without_entries_is_done_at_once() {
-    let mut c = core();
-    c.assigned(MessageId(7));
-    assert_eq!(
-        actions(&mut c),
-        vec![Action::MessageDone { msg: MessageId(7) }]
-    );
+    let now = Instant::now();
+    let mut c = core(now);
+    let m = message(&mut c, now, &[]);
+    assert_eq!(actions(&mut c), vec![Action::MessageDone { msg: m }]);
 }
 
 #[test]
 fn window_grows_by_one_per_success_up_to_the_limit() {
     let now = Instant::now();
-    let mut c = core();
-    for m in 0..100 {
-        add(&mut c, m, "smtp", "d.example", "a@d.example", m as u32, now);
-        c.assigned(MessageId(m));
+    let mut c = core(now);
+    for i in 0..100 {
+        message(&mut c, now, &[("smtp", "d.example", "a@d.example", i)]);
     }
     assert_eq!(c.window("smtp", "d.example"), Some(5));
-    // Keep 5 busy, complete one at a time.
     let mut busy: VecDeque<EntryId> = (0..5)
         .map(|_| c.agent_ready("smtp", now).unwrap())
         .collect();
-    for step in 0..30 {
+    let mut windows = vec![];
+    for _ in 0..30 {
         let e = busy.pop_front().unwrap();
-        c.delivery_done(
-            e,
-            Outcome::Replied {
-                retry: false,
-                hop: None,
-            },
-            now,
-        );
+        c.delivery_done(e, Outcome::OK, now);
         let w = c.window("smtp", "d.example").unwrap();
-        assert!(w <= 20, "window {w} over the limit at step {step}");
-        while let Some(e) = c.agent_ready("smtp", now) {
-            busy.push_back(e);
-            if busy.len() as i32 >= c.window("smtp", "d.example").unwrap() {
-                break;
+        windows.push(w);
+        assert!(w <= 20);
+        while (busy.len() as i32) < c.window("smtp", "d.example").unwrap() {
+            match c.agent_ready("smtp", now) {
+                Some(e) => busy.push_back(e),
+                None => break,
             }
         }
+        c.check_invariants().unwrap();
     }
+    assert_eq!(&windows[..3], &[6, 7, 8], "+1 per success");
     assert_eq!(c.window("smtp", "d.example"), Some(20));
 }
 
 #[test]
-fn four_hop_failures_kill_a_destination_then_it_revives() {
+fn three_sequential_hop_failures_kill_a_destination_then_it_revives() {
     let now = Instant::now();
-    let mut c = core();
-    for m in 0..8 {
-        add(
+    let mut c = core(now);
+    for i in 0..8 {
+        message(
             &mut c,
-            m,
-            "smtp",
-            "dead.example",
-            "a@dead.example",
-            m as u32,
             now,
+            &[("smtp", "dead.example", "a@dead.example", i)],
         );
-        c.assigned(MessageId(m));
     }
     let hop = || Outcome::Replied {
         retry: true,
         hop: Some(Reason::new("4.4.1", "connect refused")),
+        reason_empty: false,
     };
     let mut failures = 0;
     while c.window("smtp", "dead.example").unwrap_or(0) > 0 {
@@ -213,7 +192,6 @@ fn four_hop_failures_kill_a_destination_then_it_revives() {
     // failure drops the window by two (5 -> 3), later ones by one (3 -> 2);
     // cohorts 1/5 + 1/3 + 1/2 >= 1: dead after the 3rd consecutive failure.
     assert_eq!(failures, 3);
-    // The remaining entries moved to the retry transport.
     assert_eq!(
         c.window(
             "retry",
@@ -221,55 +199,64 @@ fn four_hop_failures_kill_a_destination_then_it_revives() {
         ),
         Some(5)
     );
-    let acts = actions(&mut c);
-    assert!(acts.contains(&Action::Connect {
-        transport: "retry".into()
-    }));
+    assert!(actions(&mut c).contains(&connect("retry")));
     // New mail for the dead destination goes to retry too.
-    add(
+    message(
         &mut c,
-        99,
-        "smtp",
-        "dead.example",
-        "b@dead.example",
-        99,
         now,
+        &[("smtp", "dead.example", "b@dead.example", 99)],
     );
     assert_eq!(c.window("smtp", "dead.example"), Some(0));
-    // Revived after minimal_backoff_time.
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(300)));
     c.handle_timeout(now + Duration::from_secs(300));
     assert_eq!(
         c.window("smtp", "dead.example"),
         None,
-        "empty revived queue is freed"
+        "an empty revived queue is freed"
     );
+    c.check_invariants().unwrap();
+}
+
+#[test]
+fn concurrent_failures_count_once_the_destination_is_dead() {
+    let now = Instant::now();
+    let mut c = core(now);
+    for i in 0..8 {
+        message(
+            &mut c,
+            now,
+            &[("smtp", "dead.example", "a@dead.example", i)],
+        );
+    }
+    let busy: Vec<EntryId> = (0..5)
+        .map(|_| c.agent_ready("smtp", now).unwrap())
+        .collect();
+    assert_eq!(c.agent_ready("smtp", now), None, "window 5");
+    let hop = || Outcome::Replied {
+        retry: true,
+        hop: Some(Reason::new("4.4.1", "refused")),
+        reason_empty: false,
+    };
+    for e in busy {
+        c.delivery_done(e, hop(), now);
+    }
+    assert_eq!(c.window("smtp", "dead.example"), Some(0));
+    c.check_invariants().unwrap();
 }
 
 #[test]
 fn dead_transport_sends_work_to_retry_and_revives() {
     let now = Instant::now();
-    let mut c = core();
-    add(&mut c, 1, "nosuch", "x.example", "a@x.example", 1, now);
-    c.assigned(MessageId(1));
-    assert_eq!(
-        actions(&mut c),
-        vec![Action::Connect {
-            transport: "nosuch".into()
-        }]
-    );
+    let mut c = core(now);
+    message(&mut c, now, &[("nosuch", "x.example", "a@x.example", 1)]);
+    assert_eq!(actions(&mut c), vec![connect("nosuch")]);
     c.agent_failed(
         "nosuch",
         Reason::new("4.3.0", "mail transport unavailable"),
         now,
     );
     assert!(c.transport_dead("nosuch"));
-    assert_eq!(
-        actions(&mut c),
-        vec![Action::Connect {
-            transport: "retry".into()
-        }]
-    );
+    assert_eq!(actions(&mut c), vec![connect("retry")]);
     let e = c.agent_ready("retry", now).unwrap();
     assert_eq!(
         c.nexthop(c.entry(e).queue),
@@ -277,14 +264,14 @@ fn dead_transport_sends_work_to_retry_and_revives() {
     );
     c.handle_timeout(now + Duration::from_secs(60));
     assert!(!c.transport_dead("nosuch"));
+    c.check_invariants().unwrap();
 }
 
 #[test]
 fn retry_dead_too_hands_recipients_back() {
     let now = Instant::now();
-    let mut c = core();
-    add(&mut c, 1, "retry", "4.3.0 x", "a@x.example", 1, now);
-    c.assigned(MessageId(1));
+    let mut c = core(now);
+    let m1 = message(&mut c, now, &[("retry", "4.3.0 x", "a@x.example", 1)]);
     actions(&mut c);
     c.agent_failed(
         "retry",
@@ -293,14 +280,15 @@ fn retry_dead_too_hands_recipients_back() {
     );
     let acts = actions(&mut c);
     assert!(acts.contains(&Action::Defer {
-        msg: MessageId(1),
+        msg: m1,
         recipients: vec![1],
         reason: Reason::new("4.3.0", "mail transport unavailable")
     }));
-    assert!(acts.contains(&Action::MessageDone { msg: MessageId(1) }));
+    assert!(acts.contains(&Action::MessageDone { msg: m1 }));
+    let m2 = c.message_new(now);
     let err = c
         .assign(
-            MessageId(2),
+            m2,
             Assignment {
                 transport: "retry",
                 nexthop: "4.3.0 y",
@@ -312,14 +300,14 @@ fn retry_dead_too_hands_recipients_back() {
         )
         .unwrap_err();
     assert_eq!(err.0, 2);
+    c.check_invariants().unwrap();
 }
 
 #[test]
 fn enable_all_revives_everything() {
     let now = Instant::now();
-    let mut c = core();
-    add(&mut c, 1, "smtp", "d.example", "a@d.example", 1, now);
-    c.assigned(MessageId(1));
+    let mut c = core(now);
+    message(&mut c, now, &[("smtp", "d.example", "a@d.example", 1)]);
     actions(&mut c);
     c.agent_failed(
         "smtp",
@@ -327,6 +315,256 @@ fn enable_all_revives_everything() {
         now,
     );
     assert!(c.transport_dead("smtp"));
-    c.enable_all(now);
+    c.enable_all();
     assert!(!c.transport_dead("smtp"));
+}
+
+#[test]
+fn large_message_is_read_in_slices() {
+    let now = Instant::now();
+    let mut c = core(now);
+    let m = c.message_new(now);
+    // First read: qmgr_message_recipient_limit - in core, capped at 5000.
+    assert_eq!(c.read_limit(m), 5000);
+    c.batch_read(m, 15000, true, false, now);
+    for i in 0..5000 {
+        c.assign(
+            m,
+            Assignment {
+                transport: "smtp",
+                nexthop: "big.example",
+                address: b"a@big.example",
+                flush_each: false,
+                rcpt: i,
+            },
+            now,
+        )
+        .unwrap();
+    }
+    c.assigned(m);
+    assert_eq!(c.recipient_count(), 5000);
+    // The job got the transport's whole pool: more may be read at once.
+    let e = c.agent_ready("smtp", now).unwrap();
+    let acts = actions(&mut c);
+    assert!(acts.contains(&Action::Refill { msg: m }), "{acts:?}");
+    assert!(c.read_limit(m) > 0);
+    c.delivery_done(e, Outcome::OK, now);
+    c.check_invariants().unwrap();
+}
+
+fn sim_params(limit: i64) -> impl FnMut(&str) -> TransportParams {
+    move |name| {
+        let mut p = params_for(name);
+        if name == "smtp" {
+            p.dest_concurrency_limit = limit;
+            p.init_dest_concurrency = p.init_dest_concurrency.min(limit);
+        }
+        p
+    }
+}
+
+fn dests(list: &[(&str, u64, Option<Reason>)]) -> HashMap<String, Destination> {
+    list.iter()
+        .map(|(d, ms, f)| {
+            (
+                d.to_string(),
+                Destination {
+                    delivery_time: Duration::from_millis(*ms),
+                    failure: f.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn msg(label: &str, at_ms: u64, n: usize, transport: &str, dest: &str) -> SimMessage {
+    SimMessage {
+        label: label.into(),
+        arrival: Duration::from_millis(at_ms),
+        recipients: (0..n)
+            .map(|_| (transport.to_string(), dest.to_string()))
+            .collect(),
+    }
+}
+
+fn delivered_at(f: &Option<Fate>) -> Option<Duration> {
+    match f {
+        Some(Fate::Delivered(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+#[test]
+fn preemption_lets_a_small_message_overtake_a_big_list() {
+    // 20 000 recipients of one list message to one slow destination
+    // (concurrency 1, 50 recipients per request, 1 s each: 400 s of work),
+    // then one small message to the same destination 10 s later.
+    let make = |strategy: Strategy, slot_cost: i64| {
+        let mut settings = Settings::postfix_defaults(strategy);
+        settings.clog_warn_time = 0;
+        let workload = vec![
+            msg("list", 0, 20000, "smtp", "slow.example"),
+            msg("small", 10_000, 1, "smtp", "slow.example"),
+        ];
+        let mut p = sim_params(1);
+        let sim = Sim::new(
+            settings,
+            Box::new(move |n| TransportParams { slot_cost, ..p(n) }),
+            workload,
+            dests(&[("slow.example", 1000, None)]),
+            HashMap::new(),
+            100,
+        );
+        sim.run(Duration::from_secs(100))
+    };
+    let report = make(Strategy::Nqmgr, 5);
+    let small =
+        delivered_at(&report.fates[1][0]).expect("the small message is delivered within 100 s");
+    // Preemption needs min_slots * cost = 15 slots earned by the list first;
+    // then the small message goes at the next slot: well under 30 s.
+    assert!(
+        small < Duration::from_secs(30),
+        "small delivered at {small:?}"
+    );
+    let list_done = report.fates[0]
+        .iter()
+        .filter(|f| delivered_at(f).is_some())
+        .count();
+    assert!(list_done > 80 * 50, "the list keeps going too: {list_done}");
+    assert_eq!(report.max_busy["slow.example"], 1);
+
+    // Without preemption (a slot cost below 2 disables it) the small message
+    // waits behind the whole list.
+    let report = make(Strategy::Nqmgr, 1);
+    assert_eq!(delivered_at(&report.fates[1][0]), None);
+
+    // oqmgr has no preemption, but takes the last entry first: the newest
+    // message is delivered at once too.
+    let report = make(Strategy::Oqmgr, 5);
+    assert!(delivered_at(&report.fates[1][0]).is_some());
+}
+
+#[test]
+fn rate_delay_spaces_deliveries() {
+    let workload: Vec<SimMessage> = (0..5)
+        .map(|i| msg(&format!("m{i}"), 0, 1, "slow", "r.example"))
+        .collect();
+    let settings = Settings::postfix_defaults(Strategy::Nqmgr);
+    let sim = Sim::new(
+        settings,
+        Box::new(params_for),
+        workload,
+        dests(&[("r.example", 10, None)]),
+        HashMap::new(),
+        100,
+    );
+    let report = sim.run(Duration::from_secs(60));
+    let starts: Vec<Duration> = report.requests.iter().map(|r| r.0).collect();
+    assert_eq!(starts.len(), 5, "{report:?}");
+    for w in starts.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_secs(1) && gap < Duration::from_millis(1100),
+            "gap {gap:?}"
+        );
+    }
+}
+
+#[test]
+fn failing_destination_goes_dead_and_the_rest_is_deferred() {
+    let workload: Vec<SimMessage> = (0..8)
+        .map(|i| msg(&format!("m{i}"), 0, 1, "smtp", "dead.example"))
+        .collect();
+    let settings = Settings::postfix_defaults(Strategy::Nqmgr);
+    let sim = Sim::new(
+        settings,
+        Box::new(sim_params(20)),
+        workload,
+        dests(&[(
+            "dead.example",
+            100,
+            Some(Reason::new("4.4.1", "connect refused")),
+        )]),
+        HashMap::new(),
+        100,
+    );
+    let report = sim.run(Duration::from_secs(60));
+    // Five go out at once (initial concurrency); the queue dies after the
+    // 3rd failure; the other three go through retry.
+    assert_eq!(report.attempts["dead.example"], 5);
+    assert!(report
+        .fates
+        .iter()
+        .all(|f| matches!(f[0], Some(Fate::Deferred(_)))));
+    assert!(report.completed.iter().all(Option::is_some));
+}
+
+#[test]
+fn same_workload_same_schedule() {
+    let run = || {
+        let workload = vec![
+            msg("list", 0, 500, "smtp", "a.example"),
+            msg("x", 5, 3, "smtp", "b.example"),
+            msg("y", 7, 2, "local", "h"),
+        ];
+        let sim = Sim::new(
+            Settings::postfix_defaults(Strategy::Nqmgr),
+            Box::new(sim_params(20)),
+            workload,
+            dests(&[("a.example", 50, None), ("b.example", 20, None)]),
+            HashMap::new(),
+            100,
+        );
+        sim.run(Duration::from_secs(600)).requests
+    };
+    assert_eq!(run(), run());
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
+    use proptest::strategy::Strategy as _;
+
+    fn workload() -> impl proptest::strategy::Strategy<Value = Vec<SimMessage>> {
+        let m = (0u64..5000, 1usize..60, 0usize..4).prop_map(|(at, n, d)| {
+            let dest = ["a.example", "b.example", "dead.example", "slow.example"][d];
+            msg("m", at, n, "smtp", dest)
+        });
+        proptest::collection::vec(m, 1..12)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Every recipient is delivered or deferred exactly once, every message
+        /// completes, and no destination ever has more deliveries in flight
+        /// than its concurrency limit.
+        #[test]
+        fn every_recipient_once_and_limits_hold(w in workload(), limit in 1i64..6, nq in any::<bool>()) {
+            let strategy = if nq { super::super::Strategy::Nqmgr } else { super::super::Strategy::Oqmgr };
+            let mut settings = Settings::postfix_defaults(strategy);
+            settings.clog_warn_time = 0;
+            let total: usize = w.iter().map(|m| m.recipients.len()).sum();
+            let sim = Sim::new(
+                settings,
+                Box::new(sim_params(limit)),
+                w,
+                dests(&[
+                    ("a.example", 30, None),
+                    ("b.example", 5, None),
+                    ("dead.example", 50, Some(Reason::new("4.4.1", "refused"))),
+                    ("slow.example", 400, None),
+                ]),
+                HashMap::new(),
+                10,
+            );
+            let report = sim.run(Duration::from_secs(3600));
+            let fates: usize = report.fates.iter().map(|f| f.iter().filter(|x| x.is_some()).count()).sum();
+            prop_assert_eq!(fates, total);
+            prop_assert!(report.completed.iter().all(Option::is_some));
+            for (d, busy) in &report.max_busy {
+                prop_assert!(*busy as i64 <= limit, "{} had {} in flight", d, busy);
+            }
+        }
+    }
 }
