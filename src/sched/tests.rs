@@ -534,7 +534,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
         /// Every recipient is delivered or deferred exactly once, every message
         /// completes, and no destination ever has more deliveries in flight
@@ -562,7 +562,8 @@ mod properties {
             let fates: usize = report.fates.iter().map(|f| f.iter().filter(|x| x.is_some()).count()).sum();
             prop_assert_eq!(fates, total);
             prop_assert!(report.completed.iter().all(Option::is_some));
-            for (d, busy) in &report.max_busy {
+            // The smtp destinations' limit; retry queues have their own.
+            for (d, busy) in report.max_busy.iter().filter(|(d, _)| d.ends_with(".example")) {
                 prop_assert!(*busy as i64 <= limit, "{} had {} in flight", d, busy);
             }
         }
