@@ -1,0 +1,307 @@
+//! rqmgr-sim: runs rqmgr's scheduling core on a described workload in
+//! virtual time and prints when each message would be delivered, so that an
+//! administrator can ask "what happens if I change this parameter?" without
+//! sending a single message.
+//!
+//! ```text
+//! rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]
+//! ```
+//!
+//! The workload file, one directive per line (`#` starts a comment):
+//!
+//! ```text
+//! param default_destination_concurrency_limit = 10   # any main.cf parameter
+//! processes smtp 100                                  # master.cf process limit
+//! destination slow.example time=1                     # seconds per delivery request
+//! destination dead.example time=0.2 fail=4.4.1 connect refused
+//! message list at=0 rcpts=20000@slow.example          # label, arrival, recipients
+//! message small at=10 count=5 rcpts=1@slow.example    # 5 messages of 1 recipient
+//! message mixed at=20 rcpts=3@slow.example rcpts=2@dead.example transport=smtp
+//! ```
+
+use rqmgr::config::{MainCf, Params};
+use rqmgr::sched::{Reason, Settings, Strategy};
+use rqmgr::sim::{Destination, Fate, Sim, SimMessage};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+struct Workload {
+    main_cf: String,
+    processes: HashMap<String, usize>,
+    destinations: HashMap<String, Destination>,
+    messages: Vec<SimMessage>,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("bad number of seconds: {text}"))?;
+    if !(0.0..=1e9).contains(&v) {
+        return Err(format!("seconds out of range: {text}"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_workload(text: &str) -> Result<Workload, String> {
+    let mut w = Workload {
+        main_cf: String::new(),
+        processes: HashMap::new(),
+        destinations: HashMap::new(),
+        messages: Vec::new(),
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |e: String| format!("line {}: {e}", n + 1);
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
+        match word {
+            "param" => {
+                w.main_cf.push_str(rest);
+                w.main_cf.push('\n');
+            }
+            "processes" => {
+                let (t, count) = rest
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| err("processes TRANSPORT COUNT".into()))?;
+                let count = count
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(format!("bad process count: {count}")))?;
+                w.processes.insert(t.to_string(), count);
+            }
+            "destination" => {
+                let (name, opts) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let mut d = Destination {
+                    delivery_time: Duration::from_millis(100),
+                    failure: None,
+                };
+                let mut opts = opts.trim();
+                while !opts.is_empty() {
+                    if let Some(v) = opts.strip_prefix("time=") {
+                        let (t, more) = v.split_once(char::is_whitespace).unwrap_or((v, ""));
+                        d.delivery_time = seconds(t).map_err(err)?;
+                        opts = more.trim();
+                    } else if let Some(v) = opts.strip_prefix("fail=") {
+                        let (status, text) =
+                            v.split_once(char::is_whitespace).unwrap_or((v, "failed"));
+                        d.failure = Some(Reason::new(status, text.trim()));
+                        opts = "";
+                    } else {
+                        return Err(err(format!("unknown destination option: {opts}")));
+                    }
+                }
+                w.destinations.insert(name.to_string(), d);
+            }
+            "message" => {
+                let mut parts = rest.split_whitespace();
+                let label = parts
+                    .next()
+                    .ok_or_else(|| err("message LABEL ...".into()))?
+                    .to_string();
+                let (mut at, mut count, mut transport) =
+                    (Duration::ZERO, 1usize, "smtp".to_string());
+                let mut groups: Vec<(usize, String)> = Vec::new();
+                for p in parts {
+                    let (k, v) = p
+                        .split_once('=')
+                        .ok_or_else(|| err(format!("expected key=value: {p}")))?;
+                    match k {
+                        "at" => at = seconds(v).map_err(err)?,
+                        "count" => count = v.parse().map_err(|_| err(format!("bad count: {v}")))?,
+                        "transport" => transport = v.to_string(),
+                        "rcpts" => {
+                            let (n, dest) = v
+                                .split_once('@')
+                                .ok_or_else(|| err(format!("rcpts=N@destination: {v}")))?;
+                            let n = n
+                                .parse()
+                                .map_err(|_| err(format!("bad recipient count: {n}")))?;
+                            groups.push((n, dest.to_string()));
+                        }
+                        _ => return Err(err(format!("unknown message option: {k}"))),
+                    }
+                }
+                if groups.is_empty() {
+                    return Err(err("a message needs rcpts=N@destination".into()));
+                }
+                for i in 0..count {
+                    let recipients = groups
+                        .iter()
+                        .flat_map(|(n, d)| std::iter::repeat_n((transport.clone(), d.clone()), *n))
+                        .collect();
+                    let name = if count > 1 {
+                        format!("{label}#{}", i + 1)
+                    } else {
+                        label.clone()
+                    };
+                    w.messages.push(SimMessage {
+                        label: name,
+                        arrival: at,
+                        recipients,
+                    });
+                }
+            }
+            _ => return Err(err(format!("unknown directive: {word}"))),
+        }
+    }
+    Ok(w)
+}
+
+fn fmt_secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut file = None;
+    let mut overrides = Vec::new();
+    let mut strategy = Strategy::Nqmgr;
+    let mut until = Duration::from_secs(86400);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" => overrides.push(it.next().ok_or("-o needs name=value")?.clone()),
+            "--scheduler" => {
+                strategy = match it.next().map(String::as_str) {
+                    Some("nqmgr") | Some("qmgr") => Strategy::Nqmgr,
+                    Some("oqmgr") => Strategy::Oqmgr,
+                    other => return Err(format!("--scheduler nqmgr|oqmgr, not {other:?}")),
+                }
+            }
+            "--until" => until = seconds(it.next().ok_or("--until needs seconds")?)?,
+            "-h" | "--help" => {
+                println!("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]");
+                println!("See the comment at the top of src/bin/rqmgr-sim.rs (or man rqmgr) for the workload format.");
+                return Ok(());
+            }
+            _ if file.is_none() => file = Some(a.clone()),
+            _ => return Err(format!("unexpected argument: {a}")),
+        }
+    }
+    let file =
+        file.ok_or("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr]")?;
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let w = parse_workload(&text)?;
+    let mut cf = MainCf::parse(&w.main_cf, Path::new(&file)).map_err(|e| e.to_string())?;
+    cf.set("myhostname", "sim.example");
+    for o in &overrides {
+        cf.apply_override(o).map_err(|e| e.to_string())?;
+    }
+    let (p, warnings) = Params::read(&mut cf).map_err(|e| e.to_string())?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
+    let mut settings = Settings::postfix_defaults(strategy);
+    settings.minimal_backoff_time = p.minimal_backoff_time as u64;
+    settings.transport_retry_time = p.transport_retry_time as u64;
+    settings.active_limit = p.qmgr_message_active_limit;
+    settings.recipient_limit = p.qmgr_message_recipient_limit;
+    settings.recipient_minimum = p.qmgr_message_recipient_minimum;
+    settings.fudge_factor = p.qmgr_fudge_factor;
+    settings.clog_warn_time = 0;
+    let default_processes = p.default_process_limit.max(1) as usize;
+    let params = p.clone();
+    let sim = Sim::new(
+        settings,
+        Box::new(move |name| params.transport(&mut cf, name).0),
+        w.messages.clone(),
+        w.destinations.clone(),
+        w.processes.clone(),
+        default_processes,
+    );
+    let report = sim.run(until);
+
+    println!(
+        "{:<16} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9}",
+        "message", "arrival", "rcpts", "first", "last", "deferred", "bounced"
+    );
+    for (i, m) in w.messages.iter().enumerate() {
+        let fates = &report.fates[i];
+        let delivered: Vec<Duration> = fates
+            .iter()
+            .filter_map(|f| match f {
+                Some(Fate::Delivered(t)) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        let deferred = fates
+            .iter()
+            .filter(|f| matches!(f, Some(Fate::Deferred(_))))
+            .count();
+        let bounced = fates
+            .iter()
+            .filter(|f| matches!(f, Some(Fate::Bounced(_))))
+            .count();
+        let first = delivered.iter().min().map_or("-".into(), |d| fmt_secs(*d));
+        let last = delivered.iter().max().map_or("-".into(), |d| fmt_secs(*d));
+        let pending = fates.iter().filter(|f| f.is_none()).count();
+        let last = if pending > 0 {
+            format!("{last} (+{pending} pending)")
+        } else {
+            last
+        };
+        println!(
+            "{:<16} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9}",
+            m.label,
+            fmt_secs(m.arrival),
+            m.recipients.len(),
+            first,
+            last,
+            deferred,
+            bounced
+        );
+    }
+    println!();
+    println!(
+        "{:<40} {:>9} {:>15}",
+        "destination", "requests", "max in flight"
+    );
+    for (d, n) in &report.attempts {
+        println!(
+            "{:<40} {:>9} {:>15}",
+            d,
+            n,
+            report.max_busy.get(d).copied().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rqmgr-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let w = parse_workload(
+            "param default_destination_concurrency_limit = 10\nprocesses smtp 100\ndestination slow.example time=1\n\
+             destination dead.example time=0.2 fail=4.4.1 connect refused\nmessage list at=0 rcpts=20000@slow.example\n\
+             message small at=10 count=5 rcpts=1@slow.example\nmessage mixed at=20 rcpts=3@slow.example rcpts=2@dead.example transport=smtp\n",
+        )
+        .unwrap();
+        assert_eq!(w.messages.len(), 7);
+        assert_eq!(w.messages[0].recipients.len(), 20000);
+        assert_eq!(w.messages[6].recipients.len(), 5);
+        assert_eq!(
+            w.destinations["dead.example"].failure,
+            Some(Reason::new("4.4.1", "connect refused"))
+        );
+        assert!(parse_workload("bogus line\n").is_err());
+        assert!(parse_workload("message x at=0\n").is_err());
+    }
+}
