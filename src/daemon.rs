@@ -942,6 +942,27 @@ impl Daemon {
         });
     }
 
+    /// One in-place edit of `active/<id>` (`qmgr_message_kill_record`,
+    /// `qmgr_message_update_warn`). A file that went away is a warning; a
+    /// failed write is fatal, as in Postfix.
+    fn edit_queue_file(&self, msg: MessageId, edit: impl FnOnce(&File) -> io::Result<()>) {
+        let path = self
+            .spool
+            .path(spool::ACTIVE, &self.messages[&msg].queue_id);
+        match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => {
+                if let Err(e) = edit(&f) {
+                    crate::log::fatal(&format!(
+                        "update queue file {}: {}",
+                        path.display(),
+                        crate::log::errno_text(&e)
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!("open {}: {}", path.display(), crate::log::errno_text(&e)),
+        }
+    }
+
     async fn completion_step(&mut self, msg: MessageId, step: Step, status: i32) {
         let Some(m) = self.messages.get_mut(&msg) else {
             return;
@@ -952,26 +973,11 @@ impl Daemon {
                 self.completion_after_bounce(msg).await;
             }
             Step::TraceFlushed => {
-                if status == 0 && m.env.tflags_offset != 0 {
-                    let path = self.spool.path(spool::ACTIVE, &m.queue_id);
-                    match std::fs::OpenOptions::new().write(true).open(&path) {
-                        Ok(f) => {
-                            if let Err(e) = qfile::kill_record(&f, m.env.tflags_offset) {
-                                crate::log::fatal(&format!(
-                                    "update queue file {}: {}",
-                                    path.display(),
-                                    crate::log::errno_text(&e)
-                                ));
-                            }
-                        }
-                        Err(e) => tracing::warn!(
-                            "open {}: {}",
-                            path.display(),
-                            crate::log::errno_text(&e)
-                        ),
-                    }
-                }
+                let offset = m.env.tflags_offset;
                 m.flags |= status;
+                if status == 0 && offset != 0 {
+                    self.edit_queue_file(msg, |f| qfile::kill_record(f, offset));
+                }
                 self.completion_expiry(msg);
             }
             Step::DeferFlushed => {
@@ -979,24 +985,9 @@ impl Daemon {
                 self.dispose(msg);
             }
             Step::Warned => {
-                if status == 0 && m.env.warn_offset != 0 {
-                    let path = self.spool.path(spool::ACTIVE, &m.queue_id);
-                    match std::fs::OpenOptions::new().write(true).open(&path) {
-                        Ok(f) => {
-                            if let Err(e) = qfile::mark_warning_sent(&f, m.env.warn_offset) {
-                                crate::log::fatal(&format!(
-                                    "update queue file {}: {}",
-                                    path.display(),
-                                    crate::log::errno_text(&e)
-                                ));
-                            }
-                        }
-                        Err(e) => tracing::warn!(
-                            "open {}: {}",
-                            path.display(),
-                            crate::log::errno_text(&e)
-                        ),
-                    }
+                let offset = m.env.warn_offset;
+                if status == 0 && offset != 0 {
+                    self.edit_queue_file(msg, |f| qfile::mark_warning_sent(f, offset));
                 }
                 self.dispose(msg);
             }

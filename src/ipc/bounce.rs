@@ -251,6 +251,21 @@ pub async fn trace_append(
     }
 }
 
+/// A copy of `dsn` whose status is of `class` (`2` or `4`): another or an
+/// invalid code is logged by `caller` and replaced by `<class>.0.0`, as
+/// `defer_append` and `sent` do.
+fn with_class(dsn: &Dsn, class: u8, caller: &str) -> Dsn {
+    let mut d = dsn.clone();
+    if d.status.first() != Some(&class) || !super::dsn_valid(&d.status) {
+        tracing::warn!(
+            "{caller}: ignoring dsn code \"{}\"",
+            String::from_utf8_lossy(&d.status)
+        );
+        d.status = format!("{}.0.0", class as char).into_bytes();
+    }
+    d
+}
+
 /// qmgr defers a recipient itself (`defer_append`): a non-4.x.x code becomes
 /// 4.0.0; the recipient goes into the defer log; the `status=deferred` line
 /// is logged. Always "fails" (returns -1), meaning the message must be
@@ -264,14 +279,7 @@ pub async fn defer_append(
     relay: &str,
     dsn: &Dsn,
 ) -> i32 {
-    let mut d = dsn.clone();
-    if d.status.first() != Some(&b'4') || !super::dsn_valid(&d.status) {
-        tracing::warn!(
-            "defer_append: ignoring dsn code \"{}\"",
-            String::from_utf8_lossy(&d.status)
-        );
-        d.status = b"4.0.0".to_vec();
-    }
+    let mut d = with_class(dsn, b'4', "defer_append");
     d.action = b"delayed".to_vec();
     if flags & del_flag::USR_VRFY != 0 {
         d.action = b"undeliverable".to_vec();
@@ -317,14 +325,7 @@ pub async fn sent(
     relay: &str,
     dsn: &Dsn,
 ) -> i32 {
-    let mut d = dsn.clone();
-    if d.status.first() != Some(&b'2') || !super::dsn_valid(&d.status) {
-        tracing::warn!(
-            "sent: ignoring dsn code \"{}\"",
-            String::from_utf8_lossy(&d.status)
-        );
-        d.status = b"2.0.0".to_vec();
-    }
+    let mut d = with_class(dsn, b'2', "sent");
     if d.action.is_empty() {
         d.action = b"delivered".to_vec();
     }

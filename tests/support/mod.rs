@@ -129,9 +129,17 @@ pub struct Opts {
     pub fail_fast: bool,
     /// The master.cf service type of qmgr: `unix` (the default) or `fifo`.
     pub qmgr_service_type: String,
+    /// Extra arguments on the qmgr line of master.cf, after the command
+    /// word (e.g. `--scheduler oqmgr` for rqmgr).
+    pub qmgr_args: Vec<String>,
     /// Extra transport_maps entries (`domain`, `transport:nexthop`),
-    /// appended after the standard routes.
+    /// appended after the standard routes. In the nexthop, `{sink_port}`,
+    /// `{slow_sink_port}` and `{closed_port}` stand for the ports of the
+    /// smtp-sink, the slow smtp-sink and the closed port.
     pub transports: Vec<(String, String)>,
+    /// Extra master.cf lines, appended after the standard services (e.g. a
+    /// clone of smtp under another name: `rated unix - - n - - smtp`).
+    pub services: Vec<String>,
     /// Some(seconds): also start a second smtp-sink, for route
     /// `slow.example`, that waits that long before it answers DATA
     /// (`smtp-sink -w seconds`). See [`Instance::slow_sink`].
@@ -153,7 +161,9 @@ impl Opts {
             timeout: Duration::from_secs(timeout),
             fail_fast: true,
             qmgr_service_type: "unix".to_string(),
+            qmgr_args: Vec::new(),
             transports: Vec::new(),
+            services: Vec::new(),
             slow_sink_delay: None,
         }
     }
@@ -190,10 +200,25 @@ impl Opts {
         self
     }
 
+    /// Extra arguments for the queue manager on its master.cf line, e.g.
+    /// `["--scheduler", "oqmgr"]` (rqmgr only: Postfix's daemons reject
+    /// unknown options).
+    pub fn qmgr_args(mut self, args: &[&str]) -> Opts {
+        self.qmgr_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// An extra transport_maps entry, e.g. `("nosuch.example", "nosuch:")`.
     pub fn transport(mut self, domain: &str, nexthop: &str) -> Opts {
         self.transports
             .push((domain.to_string(), nexthop.to_string()));
+        self
+    }
+
+    /// An extra master.cf line (a service), e.g.
+    /// `rated unix - - n - - smtp`.
+    pub fn service(mut self, line: &str) -> Opts {
+        self.services.push(line.to_string());
         self
     }
 
@@ -418,6 +443,13 @@ impl Instance {
             let _ = writeln!(transport, "slow.example smtp:[127.0.0.1]:{}", slow.port);
         }
         for (domain, nexthop) in &self.opts.transports {
+            let nexthop = nexthop
+                .replace("{sink_port}", &self.sink.port.to_string())
+                .replace("{closed_port}", &self.closed_port.to_string());
+            let nexthop = match &self.slow_sink {
+                Some(slow) => nexthop.replace("{slow_sink_port}", &slow.port.to_string()),
+                None => nexthop,
+            };
             let _ = writeln!(transport, "{domain} {nexthop}");
         }
         write_file(&etc.join("transport"), &transport);
@@ -437,12 +469,12 @@ impl Instance {
         } else {
             ""
         };
-        let master = format!(
+        let mut master = format!(
             "# service type  private unpriv  chroot  wakeup  maxproc command + args\n\
              127.0.0.1:{port} inet n - n - - smtpd\n\
              pickup    unix  n       -       n       60      1       pickup\n\
              cleanup   unix  n       -       n       -       0       cleanup{cleanup_opts}\n\
-             {qmgr_hash}qmgr      {qmgr_type:<5} n       -       n       300     1       qmgr\n\
+             {qmgr_hash}qmgr      {qmgr_type:<5} n       -       n       300     1       qmgr{qmgr_args}\n\
              rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
              bounce    unix  -       -       n       -       0       bounce\n\
              defer     unix  -       -       n       -       0       bounce\n\
@@ -465,7 +497,16 @@ impl Instance {
              postlog   unix-dgram n  -       n       -       1       postlogd\n",
             port = self.smtpd_port,
             qmgr_type = self.opts.qmgr_service_type,
+            qmgr_args = self
+                .opts
+                .qmgr_args
+                .iter()
+                .map(|a| format!(" {a}"))
+                .collect::<String>(),
         );
+        for line in &self.opts.services {
+            let _ = writeln!(master, "{line}");
+        }
         write_file(&self.etc().join("master.cf"), &master);
     }
 
@@ -633,8 +674,15 @@ impl Instance {
     /// waits for cleanup to log its Message-ID and returns the queue id.
     pub fn sendmail(&self, from: &str, rcpts: &[&str], subject: &str, token: &str) -> String {
         let text = self.message_text(from, rcpts, subject, token);
+        self.sendmail_text(from, rcpts, &text, token)
+    }
+
+    /// Like [`Instance::sendmail`], with the whole message text given (its
+    /// Message-ID must be `<token@HOSTNAME>`), e.g. for a list message with
+    /// thousands of recipients that its To: header does not name.
+    pub fn sendmail_text(&self, from: &str, rcpts: &[&str], text: &str, token: &str) -> String {
         let input = self.root.join("log").join(format!("{token}.msg"));
-        write_file(&input, &text);
+        write_file(&input, text);
         let c = self.config_dir();
         let mut cmd = Command::new(SENDMAIL);
         cmd.arg("-C")

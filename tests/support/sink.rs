@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct SmtpSink {
     child: Option<Child>,
@@ -99,6 +99,34 @@ impl SmtpSink {
             .collect()
     }
 
+    /// Every received transaction with its times, sorted by start: the
+    /// dump file's birth time (smtp-sink creates it at MAIL FROM) and its
+    /// modification time (the last bytes of the message, i.e. the end of
+    /// DATA for a finished transaction). Needs a file system that records
+    /// birth times (statx), as ext4, xfs, btrfs and tmpfs do.
+    pub fn transactions(&self) -> Vec<Transaction> {
+        let mut all: Vec<Transaction> = self
+            .message_files()
+            .into_iter()
+            .filter_map(|path| {
+                let meta = fs::metadata(&path).ok()?;
+                let started = meta.created().unwrap_or_else(|e| {
+                    panic!("no birth time for {}: {e}", path.display())
+                });
+                let finished = meta.modified().ok()?;
+                let text = String::from_utf8_lossy(&fs::read(&path).ok()?).into_owned();
+                Some(Transaction {
+                    path,
+                    started,
+                    finished,
+                    text,
+                })
+            })
+            .collect();
+        all.sort_by_key(|t| t.started);
+        all
+    }
+
     /// Stops smtp-sink (by its pid) and reaps it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -106,6 +134,19 @@ impl SmtpSink {
             let _ = child.wait();
         }
     }
+}
+
+/// One mail transaction that smtp-sink received (see
+/// [`SmtpSink::transactions`]).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub path: PathBuf,
+    /// When smtp-sink created the dump file (MAIL FROM).
+    pub started: SystemTime,
+    /// When it last wrote to it (the end of DATA).
+    pub finished: SystemTime,
+    /// The dump: envelope and message.
+    pub text: String,
 }
 
 impl Drop for SmtpSink {
