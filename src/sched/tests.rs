@@ -567,5 +567,134 @@ mod properties {
                 prop_assert!(*busy as i64 <= limit, "{} had {} in flight", d, busy);
             }
         }
+
+        /// The same events give the same actions: two runs of one workload
+        /// make the same delivery requests at the same times.
+        #[test]
+        fn deterministic(w in workload(), nq in any::<bool>()) {
+            let strategy = if nq { super::super::Strategy::Nqmgr } else { super::super::Strategy::Oqmgr };
+            let run = |w: Vec<SimMessage>| {
+                let sim = Sim::new(
+                    Settings::postfix_defaults(strategy),
+                    Box::new(sim_params(3)),
+                    w,
+                    dests(&[("a.example", 30, None), ("b.example", 5, None), ("dead.example", 50, Some(Reason::new("4.4.1", "refused")))]),
+                    HashMap::new(),
+                    10,
+                );
+                sim.run(Duration::from_secs(3600)).requests
+            };
+            prop_assert_eq!(run(w.clone()), run(w));
+        }
     }
+}
+
+#[test]
+fn transport_rate_delay_spaces_all_deliveries_of_the_transport() {
+    // Two destinations, one transport with a 1 s transport rate delay: one
+    // delivery at a time for the whole transport, each 1 s after the agent
+    // was ready.
+    let workload: Vec<SimMessage> = (0..6)
+        .map(|i| {
+            msg(
+                &format!("m{i}"),
+                0,
+                1,
+                "smtp",
+                if i % 2 == 0 { "a.example" } else { "b.example" },
+            )
+        })
+        .collect();
+    let sim = Sim::new(
+        Settings::postfix_defaults(Strategy::Nqmgr),
+        Box::new(|n: &str| TransportParams {
+            xport_rate_delay: 1,
+            ..params_for(n)
+        }),
+        workload,
+        dests(&[("a.example", 10, None), ("b.example", 10, None)]),
+        HashMap::new(),
+        100,
+    );
+    let report = sim.run(Duration::from_secs(60));
+    let starts: Vec<Duration> = report.requests.iter().map(|r| r.0).collect();
+    assert_eq!(starts.len(), 6);
+    assert_eq!(starts[0], Duration::from_secs(1));
+    for w in starts.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_secs(1), "{starts:?}");
+    }
+}
+
+/// Collects the text of log events emitted while `f` runs.
+fn captured_log(f: impl FnOnce()) -> Vec<String> {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    struct Text(String);
+    impl tracing::field::Visit for Text {
+        fn record_debug(&mut self, _: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+            self.0 = format!("{v:?}");
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let mut t = Text(String::new());
+            e.record(&mut t);
+            self.0.lock().unwrap().push(t.0);
+        }
+    }
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Capture(lines.clone()));
+    tracing::subscriber::with_default(subscriber, f);
+    let out = lines.lock().unwrap().clone();
+    out
+}
+
+#[test]
+fn clog_warning_when_one_destination_fills_the_active_queue() {
+    let now = Instant::now();
+    let lines = captured_log(|| {
+        let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
+        settings.active_limit = 10;
+        let mut c: Scheduler<u32> = Scheduler::new(settings, Box::new(params_for), now);
+        for i in 0..4 {
+            message(
+                &mut c,
+                now,
+                &[("smtp", "clog.example", "a@clog.example", i)],
+            );
+        }
+    });
+    assert_eq!(
+        lines[0],
+        "mail for clog.example is using up 3 of 3 active queue entries"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l == "to turn off these warnings specify: qmgr_clog_warn_time = 0"));
+    // Once per qmgr_clog_warn_time.
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("mail for")).count(),
+        1
+    );
+}
+
+#[test]
+fn feedback_debug_lines() {
+    let now = Instant::now();
+    let lines = captured_log(|| {
+        let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
+        settings.feedback_debug = true;
+        let mut c: Scheduler<u32> = Scheduler::new(settings, Box::new(params_for), now);
+        message(&mut c, now, &[("smtp", "d.example", "a@d.example", 1)]);
+        let e = c.agent_ready("smtp", now).unwrap();
+        c.delivery_done(e, Outcome::OK, now);
+    });
+    assert_eq!(
+        lines,
+        vec![
+            "qmgr_queue_unthrottle: feedback 1".to_string(),
+            "qmgr_queue_unthrottle: queue d.example: limit 20 window 6 success 0 failure 0 fail_cohorts 0".to_string(),
+        ]
+    );
 }

@@ -110,9 +110,9 @@ impl SmtpSink {
             .into_iter()
             .filter_map(|path| {
                 let meta = fs::metadata(&path).ok()?;
-                let started = meta.created().unwrap_or_else(|e| {
-                    panic!("no birth time for {}: {e}", path.display())
-                });
+                let started = meta
+                    .created()
+                    .unwrap_or_else(|e| panic!("no birth time for {}: {e}", path.display()));
                 let finished = meta.modified().ok()?;
                 let text = String::from_utf8_lossy(&fs::read(&path).ok()?).into_owned();
                 Some(Transaction {

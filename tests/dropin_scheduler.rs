@@ -1,0 +1,960 @@
+//! Scheduler acceptance test: the same mix of mail goes through a private
+//! Postfix once with Postfix's qmgr and once with rqmgr, and what matters
+//! about scheduling is computed from each maillog (and smtp-sink's dumps)
+//! and compared.
+//!
+//! The mix (see [`run_mix`]):
+//! * a list message with [`LIST_RCPTS`] recipients at `slow.example`, an
+//!   smtp-sink that waits [`SLOW_DATA_DELAY`] s before it answers DATA;
+//!   `smtp_destination_recipient_limit` = [`RCPT_LIMIT`] makes it
+//!   [`LIST_REQUESTS`] delivery requests;
+//! * while the list is being delivered, a burst of [`SINGLES`]
+//!   single-recipient messages to the same slow destination, [`FAILING`]
+//!   messages to `closed.example` (a closed port) and [`RATED`] messages to
+//!   `rated.example` (master.cf service `rated`, a clone of smtp, with
+//!   `rated_destination_rate_delay = 1s`).
+//!
+//! What is compared (see [`Mix`]):
+//! 1. everything is delivered exactly once, and only the failing mail is
+//!    left, deferred;
+//! 2. the singles are not starved behind the list (nqmgr's preemption);
+//! 3. the closed destination is declared dead after the same feedback
+//!    (identical `qmgr_queue_throttle` lines) and about the same number of
+//!    smtp attempts;
+//! 4. the same concurrency: the windows of
+//!    `destination_concurrency_feedback_debug`, the transactions in
+//!    parallel at the slow sink, and the rate delay's spacing.
+//!
+//! `side_by_side_postfix_qmgr_and_rqmgr` runs both in parallel and compares;
+//! `side_by_side_postfix_oqmgr_and_rqmgr_oqmgr` does the same for oqmgr's
+//! strategy (`rqmgr --scheduler oqmgr`). `rqmgr::scheduler_mix`,
+//! `postfix_qmgr::scheduler_mix` and `postfix_oqmgr::scheduler_mix` check one
+//! queue manager against the absolute expectations alone.
+
+#[macro_use]
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{Instance, LogLine, Opts, Qmgr};
+
+dropin_tests!(scheduler_mix);
+
+/// Recipients of the list message.
+const LIST_RCPTS: usize = 2000;
+/// `smtp_destination_recipient_limit`.
+const RCPT_LIMIT: usize = 10;
+/// Delivery requests the list takes.
+const LIST_REQUESTS: usize = LIST_RCPTS / RCPT_LIMIT;
+/// smtp-sink `-w`: seconds before the slow sink answers DATA.
+const SLOW_DATA_DELAY: u32 = 1;
+/// Single-recipient messages to the slow destination, sent in the burst.
+const SINGLES: usize = 20;
+/// Messages to the closed port.
+const FAILING: usize = 8;
+/// Messages to the rate-delayed destination.
+const RATED: usize = 4;
+/// The burst goes out once this many list recipients are delivered.
+const LIST_SENT_BEFORE_BURST: usize = 100;
+/// Postfix's default smtp_destination_concurrency_limit.
+const CONCURRENCY_LIMIT: i64 = 20;
+/// With the default feedback (1, hysteresis 1, cohort limit 1, initial
+/// concurrency 5) the window goes 5 -> 3 -> 2 -> dead: 1/5 + 1/3 + 1/2 >= 1.
+const SEQUENTIAL_FAILURES_TO_DEAD: usize = 3;
+/// The most smtp attempts the closed destination can get: the window never
+/// exceeds the initial 5 without a success, so at most 5 deliveries were
+/// in flight when it started to fail and each of them is logged.
+const MAX_ATTEMPTS_TO_DEAD: usize = 5;
+/// Bound on a single's `delay=` (arrival to delivery). Without preemption
+/// the singles would wait for the rest of the list: about
+/// (LIST_REQUESTS - LIST_SENT_BEFORE_BURST / RCPT_LIMIT) / 20 s.
+const SINGLE_DELAY_BOUND: f64 = 6.0;
+
+/// Which scheduler a side of the comparison runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduler {
+    /// nqmgr: preemptive job scheduler.
+    Nqmgr,
+    /// oqmgr: no jobs, per-queue LIFO entry selection.
+    Oqmgr,
+}
+
+fn scheduler_of(q: &Qmgr, opts: &Opts) -> Scheduler {
+    let rqmgr_oqmgr = opts.qmgr_args.windows(2).any(|w| w[1] == "oqmgr");
+    match q {
+        Qmgr::PostfixOqmgr => Scheduler::Oqmgr,
+        _ if rqmgr_oqmgr => Scheduler::Oqmgr,
+        _ => Scheduler::Nqmgr,
+    }
+}
+
+/// The instance options of the mix.
+fn mix_opts(name: &str, q: Qmgr) -> Opts {
+    Opts::new(name, q)
+        .slow_sink(SLOW_DATA_DELAY)
+        .main_cf("smtp_destination_recipient_limit", &RCPT_LIMIT.to_string())
+        .main_cf("destination_concurrency_feedback_debug", "yes")
+        .main_cf("rated_destination_rate_delay", "1s")
+        .service("rated     unix  -       -       n       -       -       smtp")
+        .transport("rated.example", "rated:[127.0.0.1]:{sink_port}")
+        .timeout(Duration::from_secs(90))
+}
+
+/// What one run of the mix showed.
+#[derive(Debug, Clone)]
+struct Mix {
+    /// e.g. `qmgr` or `rqmgr --scheduler oqmgr`.
+    label: String,
+    scheduler: Scheduler,
+    /// Wall clock of the run (start of the instance to all settled).
+    elapsed: Duration,
+
+    // ---- 1. delivery -----------------------------------------------------
+    /// List recipients with exactly one `status=sent` line from smtp.
+    list_rcpts_sent_once: usize,
+    /// All `status=sent` lines for the list.
+    list_sent_lines: usize,
+    /// Singles with exactly one `status=sent` line, and all their lines.
+    singles_sent_once: usize,
+    singles_sent_lines: usize,
+    /// Rated messages with exactly one `status=sent` line.
+    rated_sent_once: usize,
+    rated_sent_lines: usize,
+    /// Transactions at the slow sink (list requests + singles) and at the
+    /// normal sink (the rated messages).
+    slow_sink_transactions: usize,
+    sink_transactions: usize,
+    /// Transactions at the slow sink that carry the list / a single.
+    slow_sink_list: usize,
+    slow_sink_singles: usize,
+    /// The queue at the end: the failing messages, all in deferred?
+    leftover_is_failing_deferred: bool,
+    leftover: BTreeMap<String, Vec<String>>,
+
+    // ---- 2. starvation ---------------------------------------------------
+    /// List recipients delivered when the burst went out.
+    list_sent_at_burst: usize,
+    /// `delay=` of each single's delivery (arrival to delivery), in order
+    /// of the singles.
+    single_delays: Vec<f64>,
+    /// `delay=` of the list's last delivery (its arrival to its end).
+    list_last_delay: f64,
+    /// List recipients whose delivery was logged after the last single's.
+    list_sent_after_last_single: usize,
+    /// List recipients whose delivery was logged before the first single's.
+    list_sent_before_first_single: usize,
+    /// Position (0-based, in log order) of each single among the slow
+    /// destination's deliveries (list requests counted by their first
+    /// recipient line).
+    single_positions: Vec<usize>,
+
+    // ---- 3. dead destination ---------------------------------------------
+    /// `status=deferred (... Connection refused)` lines from smtp.
+    closed_refused_by_smtp: usize,
+    /// `status=deferred (delivery temporarily suspended: ...)` lines from
+    /// the retry service (error(8)).
+    closed_suspended_by_retry: usize,
+    /// Failing messages with a deferred line.
+    closed_ids_deferred: usize,
+    /// `qmgr_queue_throttle` lines of the closed queue:
+    /// `window W ... fail_cohorts C`.
+    closed_throttle: Vec<(i64, String)>,
+
+    // ---- 4. concurrency --------------------------------------------------
+    /// Per destination (slow, rated, closed): (limit, max window) over the
+    /// `qmgr_queue_unthrottle` lines.
+    max_window: BTreeMap<&'static str, (i64, i64)>,
+    /// Most transactions in progress at once at the slow sink.
+    slow_max_parallel: usize,
+    /// Gaps between the end of one rated transaction at the sink and the
+    /// start of the next (seconds, precise).
+    rated_gaps: Vec<f64>,
+    /// Whether each rated transaction started in a later wall-clock second
+    /// than the previous one ended (what a 1 s timer of Postfix's
+    /// second-resolution event loop guarantees).
+    rated_whole_seconds_apart: bool,
+    /// Differences of the log time stamps (s) of consecutive rated
+    /// deliveries.
+    rated_log_gaps: Vec<i64>,
+}
+
+/// Runs the mix through a fresh instance; returns what it showed.
+fn run_mix(opts: Opts, label: &str) -> Mix {
+    let started = Instant::now();
+    let scheduler = scheduler_of(&opts.qmgr, &opts);
+    let inst = Instance::start(opts);
+    let slow = inst
+        .slow_sink
+        .as_ref()
+        .expect("the mix has a slow sink");
+    let from = inst.local_addr("sender");
+
+    // The list: one message, LIST_RCPTS recipients at the slow destination.
+    let list_rcpts: Vec<String> = (0..LIST_RCPTS)
+        .map(|i| format!("l{i:04}@slow.example"))
+        .collect();
+    let list_rcpt_refs: Vec<&str> = list_rcpts.iter().map(String::as_str).collect();
+    let list_token = inst.unique_token("list");
+    let list_text = format!(
+        "From: <{from}>\nTo: list-members:;\nSubject: the list\n\
+         Message-ID: <{list_token}@{}>\n\nA list message.\ntoken: {list_token}\n",
+        support::HOSTNAME
+    );
+    let list_id = inst.sendmail_text(&from, &list_rcpt_refs, &list_text, &list_token);
+
+    // Wait until the list is well under way, then the burst.
+    let is_list_sent =
+        |l: &LogLine| l.queue_id() == Some(&list_id[..]) && l.is_from("smtp") && l.status() == Some("sent");
+    let lines = inst.wait_for_lines(
+        &format!("{LIST_SENT_BEFORE_BURST} list recipients to be delivered"),
+        LIST_SENT_BEFORE_BURST,
+        is_list_sent,
+    );
+    let list_sent_at_burst = lines.len();
+
+    let mut singles = Vec::new();
+    let mut failing = Vec::new();
+    let mut rated = Vec::new();
+    let mut s = inst.smtp();
+    let mut submit = |what: &str, rcpt: String, out: &mut Vec<(String, String, String)>| {
+        let token = inst.unique_token(what);
+        let text = inst.message_text(&from, &[&rcpt], what, &token);
+        let id = s
+            .send(&from, &[&rcpt], &text)
+            .unwrap_or_else(|e| inst.fail(&format!("SMTP submission of {what}: {e}")));
+        out.push((id, rcpt, token));
+    };
+    for i in 0..SINGLES {
+        submit("single", format!("s{i:02}@slow.example"), &mut singles);
+    }
+    for i in 0..FAILING {
+        submit("failing", format!("f{i}@closed.example"), &mut failing);
+    }
+    for i in 0..RATED {
+        submit("rated", format!("r{i}@rated.example"), &mut rated);
+    }
+    s.quit();
+
+    let single_ids: BTreeSet<&str> = singles.iter().map(|m| m.0.as_str()).collect();
+    let failing_ids: BTreeSet<&str> = failing.iter().map(|m| m.0.as_str()).collect();
+    let rated_ids: BTreeSet<&str> = rated.iter().map(|m| m.0.as_str()).collect();
+    let is_sent = |l: &LogLine, ids: &BTreeSet<&str>| {
+        l.is_from("smtp")
+            && l.status() == Some("sent")
+            && l.queue_id().is_some_and(|id| ids.contains(id))
+    };
+    let is_deferred = |l: &LogLine| {
+        l.status() == Some("deferred") && l.queue_id().is_some_and(|id| failing_ids.contains(id))
+    };
+
+    // Wait until everything settled: all delivered, the failing mail
+    // deferred, nothing else in the queue.
+    inst.wait_progress("the mix to be delivered and the queue to settle", || {
+        let lines = inst.log_lines();
+        let list = lines.iter().filter(|l| is_list_sent(l)).count();
+        let single = lines.iter().filter(|l| is_sent(l, &single_ids)).count();
+        let rate = lines.iter().filter(|l| is_sent(l, &rated_ids)).count();
+        let deferred = support::distinct_ids(&lines, |l| is_deferred(l)).len();
+        let listing = inst.queue_listing();
+        let settled = listing.len() == 1
+            && listing
+                .get("deferred")
+                .is_some_and(|ids| ids.len() == FAILING);
+        if list >= LIST_RCPTS
+            && single >= SINGLES
+            && rate >= RATED
+            && deferred >= FAILING
+            && settled
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "list {list}/{LIST_RCPTS}, singles {single}/{SINGLES}, rated {rate}/{RATED}, \
+                 failing deferred {deferred}/{FAILING}, queue {listing:?}"
+            ))
+        }
+    });
+    // Let stragglers (a late duplicate, the sink's last writes) show up.
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = inst.log_lines();
+    let elapsed = started.elapsed();
+
+    // ---- 1 ----
+    let count_once = |ids_rcpts: &[(String, String, String)]| {
+        ids_rcpts
+            .iter()
+            .filter(|(id, rcpt, _)| {
+                let to = format!("<{rcpt}>");
+                lines
+                    .iter()
+                    .filter(|l| {
+                        l.queue_id() == Some(&id[..])
+                            && l.is_delivery()
+                            && l.field("to") == Some(&to[..])
+                    })
+                    .map(|l| l.is_from("smtp") && l.status() == Some("sent"))
+                    .collect::<Vec<bool>>()
+                    == [true]
+            })
+            .count()
+    };
+    let mut per_list_rcpt: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in lines.iter().filter(|l| is_list_sent(l)) {
+        if let Some(to) = l.field("to") {
+            *per_list_rcpt.entry(to).or_default() += 1;
+        }
+    }
+    let list_rcpts_sent_once = list_rcpts
+        .iter()
+        .filter(|r| per_list_rcpt.get(&format!("<{r}>")[..]) == Some(&1))
+        .count();
+    let list_sent_lines = lines.iter().filter(|l| is_list_sent(l)).count();
+    let slow_tx = slow.transactions();
+    let sink_tx = inst.sink.transactions();
+    let leftover = inst.queue_listing();
+    let leftover_is_failing_deferred = leftover.len() == 1
+        && leftover.get("deferred").is_some_and(|ids| {
+            ids.iter().map(String::as_str).collect::<BTreeSet<&str>>() == failing_ids
+        });
+
+    // ---- 2 ----
+    let delay_of = |l: &LogLine| -> f64 {
+        l.field("delay")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| inst.fail(&format!("no delay= in {l}")))
+    };
+    let single_delays: Vec<f64> = singles
+        .iter()
+        .map(|(id, _, _)| {
+            lines
+                .iter()
+                .find(|l| l.queue_id() == Some(&id[..]) && l.is_from("smtp") && l.status() == Some("sent"))
+                .map(delay_of)
+                .unwrap_or(f64::NAN)
+        })
+        .collect();
+    let list_last = lines
+        .iter()
+        .rfind(|l| is_list_sent(l))
+        .expect("list deliveries");
+    let list_last_delay = delay_of(list_last);
+    let single_idx: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| is_sent(l, &single_ids))
+        .map(|(i, _)| i)
+        .collect();
+    let first_single = *single_idx.first().expect("single deliveries");
+    let last_single = *single_idx.last().expect("single deliveries");
+    let list_sent_after_last_single = lines[last_single..]
+        .iter()
+        .filter(|l| is_list_sent(l))
+        .count();
+    let list_sent_before_first_single = lines[..first_single]
+        .iter()
+        .filter(|l| is_list_sent(l))
+        .count();
+    // The slow destination's deliveries in log order: one per list request
+    // (its recipients are logged together by one smtp process) or single.
+    let mut slow_deliveries: Vec<&str> = Vec::new();
+    let mut prev_list_pid = None;
+    for l in &lines {
+        if is_list_sent(l) {
+            if prev_list_pid != Some(l.pid) {
+                slow_deliveries.push("list");
+            }
+            prev_list_pid = Some(l.pid);
+        } else if is_sent(l, &single_ids) {
+            slow_deliveries.push("single");
+            prev_list_pid = None;
+        }
+    }
+    let single_positions: Vec<usize> = slow_deliveries
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k == "single")
+        .map(|(i, _)| i)
+        .collect();
+
+    // ---- 3 ----
+    let closed_refused_by_smtp = lines
+        .iter()
+        .filter(|l| {
+            is_deferred(l)
+                && l.is_from("smtp")
+                && l.reason().is_some_and(|r| r.contains("Connection refused"))
+        })
+        .count();
+    let closed_suspended_by_retry = lines
+        .iter()
+        .filter(|l| {
+            is_deferred(l)
+                && (l.is_from("error") || l.is_from("retry"))
+                && l.reason()
+                    .is_some_and(|r| r.starts_with("delivery temporarily suspended"))
+        })
+        .count();
+    let closed_ids_deferred = support::distinct_ids(&lines, |l| is_deferred(l)).len();
+
+    // ---- 4 ----
+    let roles: [(&'static str, u16); 3] = [
+        ("slow", slow.port),
+        ("rated", inst.sink.port),
+        ("closed", inst.closed_port),
+    ];
+    let role_of = |queue: &str| {
+        roles
+            .iter()
+            .find(|(_, port)| queue.ends_with(&format!("]:{port}")))
+            .map(|(r, _)| *r)
+    };
+    let mut max_window: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
+    let mut closed_throttle = Vec::new();
+    for l in lines.iter().filter(|l| l.is_from("qmgr")) {
+        if let Some(w) = parse_window_line(&l.text, "qmgr_queue_unthrottle") {
+            if let Some(role) = role_of(&w.queue) {
+                let e = max_window.entry(role).or_insert((w.limit, w.window));
+                e.0 = e.0.max(w.limit);
+                e.1 = e.1.max(w.window);
+            }
+        } else if let Some(w) = parse_window_line(&l.text, "qmgr_queue_throttle") {
+            if role_of(&w.queue) == Some("closed") {
+                closed_throttle.push((w.window, w.fail_cohorts));
+            }
+        }
+    }
+    let slow_max_parallel = max_parallel(&slow_tx);
+    let rated_tx: Vec<&support::sink::Transaction> = sink_tx
+        .iter()
+        .filter(|t| rated.iter().any(|(_, _, token)| t.text.contains(token)))
+        .collect();
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let rated_gaps: Vec<f64> = rated_tx
+        .windows(2)
+        .map(|w| secs(w[1].started) - secs(w[0].finished))
+        .collect();
+    let rated_whole_seconds_apart = rated_tx
+        .windows(2)
+        .all(|w| secs(w[1].started).floor() > secs(w[0].finished).floor());
+    let rated_times: Vec<i64> = lines
+        .iter()
+        .filter(|l| is_sent(l, &rated_ids))
+        .map(log_time)
+        .collect();
+    let rated_log_gaps = rated_times.windows(2).map(|w| w[1] - w[0]).collect();
+
+    Mix {
+        label: label.to_string(),
+        scheduler,
+        elapsed,
+        list_rcpts_sent_once,
+        list_sent_lines,
+        singles_sent_once: count_once(&singles),
+        singles_sent_lines: lines.iter().filter(|l| is_sent(l, &single_ids)).count(),
+        rated_sent_once: count_once(&rated),
+        rated_sent_lines: lines.iter().filter(|l| is_sent(l, &rated_ids)).count(),
+        slow_sink_transactions: slow_tx.len(),
+        sink_transactions: sink_tx.len(),
+        slow_sink_list: slow_tx
+            .iter()
+            .filter(|t| t.text.contains(&list_token))
+            .count(),
+        slow_sink_singles: slow_tx
+            .iter()
+            .filter(|t| singles.iter().any(|(_, _, token)| t.text.contains(token)))
+            .count(),
+        leftover_is_failing_deferred,
+        leftover,
+        list_sent_at_burst,
+        single_delays,
+        list_last_delay,
+        list_sent_after_last_single,
+        list_sent_before_first_single,
+        single_positions,
+        closed_refused_by_smtp,
+        closed_suspended_by_retry,
+        closed_ids_deferred,
+        closed_throttle,
+        max_window,
+        slow_max_parallel,
+        rated_gaps,
+        rated_whole_seconds_apart,
+        rated_log_gaps,
+    }
+}
+
+/// A `destination_concurrency_feedback_debug` line:
+/// `<func>: queue <name>: limit N window W success S failure F fail_cohorts C`.
+struct WindowLine {
+    queue: String,
+    limit: i64,
+    window: i64,
+    fail_cohorts: String,
+}
+
+fn parse_window_line(text: &str, func: &str) -> Option<WindowLine> {
+    let rest = text.strip_prefix(func)?.strip_prefix(": queue ")?;
+    let (queue, numbers) = rest.rsplit_once(": limit ")?;
+    let words: Vec<&str> = numbers.split(' ').collect();
+    // N window W success S failure F fail_cohorts C
+    if words.len() != 9 || words[1] != "window" || words[7] != "fail_cohorts" {
+        return None;
+    }
+    Some(WindowLine {
+        queue: queue.to_string(),
+        limit: words[0].parse().ok()?,
+        window: words[2].parse().ok()?,
+        fail_cohorts: words[8].to_string(),
+    })
+}
+
+/// Seconds since the start of the month of a maillog line's time stamp
+/// (`Mon dd hh:mm:ss`).
+fn log_time(l: &LogLine) -> i64 {
+    let raw = &l.raw;
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        raw.get(r)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no time stamp in {raw}"))
+    };
+    ((num(4..6) * 24 + num(7..9)) * 60 + num(10..12)) * 60 + num(13..15)
+}
+
+/// The most transactions in progress at the same time.
+fn max_parallel(tx: &[support::sink::Transaction]) -> usize {
+    let mut events: Vec<(SystemTime, i32)> = Vec::new();
+    for t in tx {
+        events.push((t.started, 1));
+        events.push((t.finished, -1));
+    }
+    // At equal times an end comes before a start.
+    events.sort();
+    let mut now = 0i32;
+    let mut max = 0i32;
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+// ---- the checks ----------------------------------------------------------------
+
+/// Failed expectations, collected so that a run reports all of them.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, cond: bool, what: String) {
+        if !cond {
+            self.0.push(what);
+        }
+    }
+}
+
+/// What must hold for one run by itself.
+fn check_absolute(m: &Mix, f: &mut Failures) {
+    let who = &m.label;
+    // 1.
+    f.check(
+        m.list_rcpts_sent_once == LIST_RCPTS && m.list_sent_lines == LIST_RCPTS,
+        format!(
+            "{who}: every list recipient delivered once: {} once, {} lines, want {LIST_RCPTS}",
+            m.list_rcpts_sent_once, m.list_sent_lines
+        ),
+    );
+    f.check(
+        m.singles_sent_once == SINGLES && m.singles_sent_lines == SINGLES,
+        format!(
+            "{who}: every single delivered once: {} once, {} lines, want {SINGLES}",
+            m.singles_sent_once, m.singles_sent_lines
+        ),
+    );
+    f.check(
+        m.rated_sent_once == RATED && m.rated_sent_lines == RATED,
+        format!(
+            "{who}: every rated message delivered once: {} once, {} lines, want {RATED}",
+            m.rated_sent_once, m.rated_sent_lines
+        ),
+    );
+    f.check(
+        m.slow_sink_transactions == LIST_REQUESTS + SINGLES
+            && m.slow_sink_list == LIST_REQUESTS
+            && m.slow_sink_singles == SINGLES,
+        format!(
+            "{who}: the slow sink got {LIST_REQUESTS} list requests and {SINGLES} singles: \
+             {} transactions, {} of the list, {} singles",
+            m.slow_sink_transactions, m.slow_sink_list, m.slow_sink_singles
+        ),
+    );
+    f.check(
+        m.sink_transactions == RATED,
+        format!(
+            "{who}: the sink got the {RATED} rated messages: {} transactions",
+            m.sink_transactions
+        ),
+    );
+    f.check(
+        m.leftover_is_failing_deferred,
+        format!(
+            "{who}: only the {FAILING} failing messages are left, deferred: {:?}",
+            m.leftover
+        ),
+    );
+    // 2.
+    f.check(
+        m.list_sent_at_burst < LIST_RCPTS / 2,
+        format!(
+            "{who}: the burst went out early in the list: {} of {LIST_RCPTS} delivered",
+            m.list_sent_at_burst
+        ),
+    );
+    let max_single_delay = m.single_delays.iter().copied().fold(0.0, f64::max);
+    match m.scheduler {
+        Scheduler::Nqmgr => {
+            f.check(
+                m.list_sent_after_last_single >= LIST_RCPTS / 4,
+                format!(
+                    "{who}: the singles are not starved: at least {} list recipients are \
+                     delivered after the last single, saw {}",
+                    LIST_RCPTS / 4,
+                    m.list_sent_after_last_single
+                ),
+            );
+            f.check(
+                max_single_delay <= SINGLE_DELAY_BOUND,
+                format!(
+                    "{who}: every single is delivered within {SINGLE_DELAY_BOUND} s of its \
+                     arrival: delays {:?}",
+                    m.single_delays
+                ),
+            );
+        }
+        Scheduler::Oqmgr => {
+            // No preemption, but each delivery takes the newest todo entry
+            // of the queue: the singles, appended last, go before the rest
+            // of the list.
+            f.check(
+                m.list_sent_after_last_single >= LIST_RCPTS / 4,
+                format!(
+                    "{who}: (LIFO) the singles go before the rest of the list: at least {} \
+                     list recipients after the last single, saw {}",
+                    LIST_RCPTS / 4,
+                    m.list_sent_after_last_single
+                ),
+            );
+        }
+    }
+    // 3.
+    f.check(
+        m.closed_ids_deferred == FAILING
+            && m.closed_refused_by_smtp + m.closed_suspended_by_retry == FAILING,
+        format!(
+            "{who}: each failing message deferred once, by smtp or by retry: {} ids, \
+             {} refused by smtp + {} suspended by retry",
+            m.closed_ids_deferred, m.closed_refused_by_smtp, m.closed_suspended_by_retry
+        ),
+    );
+    f.check(
+        (SEQUENTIAL_FAILURES_TO_DEAD..=MAX_ATTEMPTS_TO_DEAD).contains(&m.closed_refused_by_smtp),
+        format!(
+            "{who}: the closed destination is dead after {SEQUENTIAL_FAILURES_TO_DEAD} \
+             failures plus those in flight (at most {MAX_ATTEMPTS_TO_DEAD} attempts): {}",
+            m.closed_refused_by_smtp
+        ),
+    );
+    let want_throttle: Vec<(i64, String)> = vec![
+        (3, "0.2".to_string()),
+        (2, "0.533333".to_string()),
+        (0, "1.03333".to_string()),
+    ];
+    f.check(
+        m.closed_throttle == want_throttle,
+        format!(
+            "{who}: the closed queue's negative feedback goes window 5 -> 3 -> 2 -> dead \
+             (fail_cohorts 0.2, 0.533333, 1.03333): {:?}",
+            m.closed_throttle
+        ),
+    );
+    // 4.
+    f.check(
+        m.max_window.get("slow") == Some(&(CONCURRENCY_LIMIT, CONCURRENCY_LIMIT)),
+        format!(
+            "{who}: the slow destination's window reaches the limit {CONCURRENCY_LIMIT}: {:?}",
+            m.max_window
+        ),
+    );
+    f.check(
+        m.max_window.get("rated") == Some(&(1, 1)),
+        format!(
+            "{who}: the rate-delayed destination has limit 1, window 1: {:?}",
+            m.max_window
+        ),
+    );
+    f.check(
+        !m.max_window.contains_key("closed"),
+        format!(
+            "{who}: the closed destination gets no positive feedback: {:?}",
+            m.max_window
+        ),
+    );
+    f.check(
+        m.slow_max_parallel as i64 == CONCURRENCY_LIMIT,
+        format!(
+            "{who}: at most (and at some point exactly) {CONCURRENCY_LIMIT} transactions at \
+             once at the slow sink: {}",
+            m.slow_max_parallel
+        ),
+    );
+    f.check(
+        m.rated_gaps.len() == RATED - 1 && m.rated_whole_seconds_apart,
+        format!(
+            "{who}: each rated delivery starts in a later second than the previous one ended: \
+             gaps {:?} s",
+            m.rated_gaps
+        ),
+    );
+    f.check(
+        m.rated_log_gaps.len() == RATED - 1 && m.rated_log_gaps.iter().all(|&g| g >= 1),
+        format!(
+            "{who}: the rated deliveries are logged >= 1 s apart: {:?}",
+            m.rated_log_gaps
+        ),
+    );
+}
+
+/// What must agree between two runs.
+fn check_same(a: &Mix, b: &Mix, f: &mut Failures) {
+    let (x, y) = (&a.label, &b.label);
+    let mut same = |what: &str, va: String, vb: String| {
+        f.check(va == vb, format!("{what}: {x} {va} vs {y} {vb}"));
+    };
+    // 1.
+    same(
+        "list recipients delivered once",
+        a.list_rcpts_sent_once.to_string(),
+        b.list_rcpts_sent_once.to_string(),
+    );
+    same(
+        "singles delivered once",
+        a.singles_sent_once.to_string(),
+        b.singles_sent_once.to_string(),
+    );
+    same(
+        "rated delivered once",
+        a.rated_sent_once.to_string(),
+        b.rated_sent_once.to_string(),
+    );
+    same(
+        "slow sink transactions",
+        a.slow_sink_transactions.to_string(),
+        b.slow_sink_transactions.to_string(),
+    );
+    same(
+        "sink transactions",
+        a.sink_transactions.to_string(),
+        b.sink_transactions.to_string(),
+    );
+    same(
+        "leftover is the failing mail, deferred",
+        a.leftover_is_failing_deferred.to_string(),
+        b.leftover_is_failing_deferred.to_string(),
+    );
+    // 2. Not equal numbers (timing), but the same verdict at the same
+    // bounds; checked in check_absolute for each. Here: both deliver every
+    // single before the list's last delivery.
+    same(
+        "every single delivered before the list's last delivery",
+        (a.list_sent_after_last_single > 0).to_string(),
+        (b.list_sent_after_last_single > 0).to_string(),
+    );
+    // 3. The feedback is deterministic; the attempts differ only by the
+    // deliveries in flight when the third failure came back.
+    same(
+        "closed queue's throttle lines",
+        format!("{:?}", a.closed_throttle),
+        format!("{:?}", b.closed_throttle),
+    );
+    same(
+        "failing messages deferred",
+        a.closed_ids_deferred.to_string(),
+        b.closed_ids_deferred.to_string(),
+    );
+    let diff = a.closed_refused_by_smtp.abs_diff(b.closed_refused_by_smtp);
+    f.check(
+        diff <= MAX_ATTEMPTS_TO_DEAD - SEQUENTIAL_FAILURES_TO_DEAD,
+        format!(
+            "smtp attempts before the closed destination is dead: {x} {} vs {y} {} \
+             (tolerance {}: the deliveries in flight)",
+            a.closed_refused_by_smtp,
+            b.closed_refused_by_smtp,
+            MAX_ATTEMPTS_TO_DEAD - SEQUENTIAL_FAILURES_TO_DEAD
+        ),
+    );
+    // 4.
+    same(
+        "limit and max window per destination",
+        format!("{:?}", a.max_window),
+        format!("{:?}", b.max_window),
+    );
+    same(
+        "most transactions at once at the slow sink",
+        a.slow_max_parallel.to_string(),
+        b.slow_max_parallel.to_string(),
+    );
+    same(
+        "rated deliveries in distinct seconds",
+        a.rated_whole_seconds_apart.to_string(),
+        b.rated_whole_seconds_apart.to_string(),
+    );
+}
+
+/// The numbers of the runs side by side.
+fn report(runs: &[&Mix]) -> String {
+    let mut r = String::new();
+    let row = |r: &mut String, what: &str, f: &dyn Fn(&Mix) -> String| {
+        let _ = write!(r, "  {what:<44}");
+        for m in runs {
+            let _ = write!(r, " | {:<28}", f(m));
+        }
+        r.push('\n');
+    };
+    row(&mut r, "", &|m| m.label.clone());
+    row(&mut r, "run time (s)", &|m| format!("{:.1}", m.elapsed.as_secs_f64()));
+    row(&mut r, "1 list rcpts sent once / lines", &|m| {
+        format!("{} / {}", m.list_rcpts_sent_once, m.list_sent_lines)
+    });
+    row(&mut r, "1 singles sent once / lines", &|m| {
+        format!("{} / {}", m.singles_sent_once, m.singles_sent_lines)
+    });
+    row(&mut r, "1 rated sent once / lines", &|m| {
+        format!("{} / {}", m.rated_sent_once, m.rated_sent_lines)
+    });
+    row(&mut r, "1 slow sink tx (list + singles)", &|m| {
+        format!(
+            "{} ({} + {})",
+            m.slow_sink_transactions, m.slow_sink_list, m.slow_sink_singles
+        )
+    });
+    row(&mut r, "1 sink tx (rated)", &|m| m.sink_transactions.to_string());
+    row(&mut r, "1 leftover = failing, deferred", &|m| {
+        m.leftover_is_failing_deferred.to_string()
+    });
+    row(&mut r, "2 list rcpts sent at the burst", &|m| {
+        m.list_sent_at_burst.to_string()
+    });
+    row(&mut r, "2 list rcpts sent before 1st single", &|m| {
+        m.list_sent_before_first_single.to_string()
+    });
+    row(&mut r, "2 list rcpts sent after last single", &|m| {
+        m.list_sent_after_last_single.to_string()
+    });
+    row(&mut r, "2 single delay min / max (s)", &|m| {
+        let min = m.single_delays.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = m.single_delays.iter().copied().fold(0.0, f64::max);
+        format!("{min:.2} / {max:.2}")
+    });
+    row(&mut r, "2 list last delivery delay (s)", &|m| {
+        format!("{:.2}", m.list_last_delay)
+    });
+    row(&mut r, "2 single positions among slow deliveries", &|m| {
+        format!("{:?}", m.single_positions)
+    });
+    row(&mut r, "3 smtp refused / retry suspended", &|m| {
+        format!(
+            "{} / {}",
+            m.closed_refused_by_smtp, m.closed_suspended_by_retry
+        )
+    });
+    row(&mut r, "3 closed throttle (window, fail_cohorts)", &|m| {
+        format!("{:?}", m.closed_throttle)
+    });
+    row(&mut r, "4 (limit, max window) per destination", &|m| {
+        format!("{:?}", m.max_window)
+    });
+    row(&mut r, "4 slow sink max tx at once", &|m| {
+        m.slow_max_parallel.to_string()
+    });
+    row(&mut r, "4 rated gaps at the sink (s)", &|m| {
+        format!(
+            "{:?}",
+            m.rated_gaps
+                .iter()
+                .map(|g| format!("{g:.2}"))
+                .collect::<Vec<_>>()
+        )
+    });
+    row(&mut r, "4 rated log time stamp gaps (s)", &|m| {
+        format!("{:?}", m.rated_log_gaps)
+    });
+    r
+}
+
+fn finish(runs: &[&Mix], failures: Failures) {
+    let table = report(runs);
+    eprintln!("scheduler mix:\n{table}");
+    if !failures.0.is_empty() {
+        panic!(
+            "{} expectation(s) failed:\n  {}\n{table}",
+            failures.0.len(),
+            failures.0.join("\n  ")
+        );
+    }
+}
+
+/// Runs two configurations of the mix at the same time (each in its own
+/// instance) and returns both.
+fn run_pair(a: (Opts, &str), b: (Opts, &str)) -> (Mix, Mix) {
+    std::thread::scope(|s| {
+        let ha = s.spawn(move || run_mix(a.0, a.1));
+        let hb = s.spawn(move || run_mix(b.0, b.1));
+        let ra = ha.join();
+        let rb = hb.join();
+        match (ra, rb) {
+            (Ok(ma), Ok(mb)) => (ma, mb),
+            (Err(e), _) | (_, Err(e)) => std::panic::resume_unwind(e),
+        }
+    })
+}
+
+/// The mix through Postfix's qmgr and through rqmgr, compared.
+#[test]
+fn side_by_side_postfix_qmgr_and_rqmgr() {
+    let (q, r) = run_pair(
+        (mix_opts("sched-side", Qmgr::PostfixQmgr), "qmgr"),
+        (mix_opts("sched-side", Qmgr::Rqmgr), "rqmgr"),
+    );
+    let mut f = Failures::default();
+    check_absolute(&q, &mut f);
+    check_absolute(&r, &mut f);
+    check_same(&q, &r, &mut f);
+    finish(&[&q, &r], f);
+}
+
+/// The mix through Postfix's oqmgr and through `rqmgr --scheduler oqmgr`,
+/// compared.
+#[test]
+fn side_by_side_postfix_oqmgr_and_rqmgr_oqmgr() {
+    let (q, r) = run_pair(
+        (mix_opts("sched-side-o", Qmgr::PostfixOqmgr), "oqmgr"),
+        (
+            mix_opts("sched-side-o", Qmgr::Rqmgr).qmgr_args(&["--scheduler", "oqmgr"]),
+            "rqmgr --scheduler oqmgr",
+        ),
+    );
+    let mut f = Failures::default();
+    check_absolute(&q, &mut f);
+    check_absolute(&r, &mut f);
+    check_same(&q, &r, &mut f);
+    finish(&[&q, &r], f);
+}
+
+/// The mix through one queue manager, against the absolute expectations.
+fn scheduler_mix(q: Qmgr) {
+    let label = q.tag().to_string();
+    let m = run_mix(mix_opts("sched-mix", q), &label);
+    let mut f = Failures::default();
+    check_absolute(&m, &mut f);
+    finish(&[&m], f);
+}
