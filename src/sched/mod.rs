@@ -317,8 +317,7 @@ pub struct Scheduler<R> {
     transport_params: Box<dyn FnMut(&str) -> TransportParams>,
     transports: Vec<Transport>,
     transport_by_name: HashMap<String, u32>,
-    /// Round-robin order for agent allocation (new transports first for
-    /// nqmgr, last for oqmgr).
+    /// Round-robin order for agent allocation (new transports first).
     transport_order: VecDeque<u32>,
     queues: Slab<Queue>,
     queue_links: Links,
@@ -422,11 +421,9 @@ impl<R> Scheduler<R> {
             blocker_tag: 1,
         });
         self.transport_by_name.insert(name.to_string(), t);
-        if self.nqmgr() {
-            self.transport_order.push_front(t);
-        } else {
-            self.transport_order.push_back(t);
-        }
+        // New transports go first (qmgr_transport_create; oqmgr's list
+        // macros are named the other way round but do the same).
+        self.transport_order.push_front(t);
         t
     }
 
@@ -991,8 +988,9 @@ impl<R> Scheduler<R> {
         e.map(EntryId)
     }
 
-    /// oqmgr: the first ready queue with work, round robin; its last entry
-    /// (`oqmgr/qmgr_queue.c:qmgr_queue_select`, `oqmgr/qmgr_entry.c`).
+    /// oqmgr: the first ready queue with work, round robin; its oldest entry
+    /// (`oqmgr/qmgr_queue.c:qmgr_queue_select`, `oqmgr/qmgr_entry.c`: its
+    /// QMGR_LIST_APPEND inserts at the head, and selection takes the tail).
     fn oqmgr_entry_select(&mut self, t: u32, now: Instant) -> Option<u32> {
         let mut cur = self.transports[t as usize].queues.first();
         while let Some(q) = cur {
@@ -1002,7 +1000,7 @@ impl<R> Scheduler<R> {
                 self.transports[t as usize]
                     .queues
                     .rotate_to_back(&mut self.queue_links, q);
-                let e = queue.todo.last().expect("non-empty todo");
+                let e = queue.todo.first().expect("non-empty todo");
                 self.select_entry(e, now);
                 return Some(e);
             }

@@ -74,12 +74,9 @@ impl<R> Scheduler<R> {
             contrib: 0,
         });
         let tr = &mut self.transports[t as usize];
-        // nqmgr appends new queues, oqmgr prepends them.
-        if self.settings.strategy == super::Strategy::Nqmgr {
-            tr.queues.push_back(&mut self.queue_links, q);
-        } else {
-            tr.queues.push_front(&mut self.queue_links, q);
-        }
+        // New queues go last (both qmgr_queue_create; oqmgr's PREPEND macro
+        // inserts at the tail).
+        tr.queues.push_back(&mut self.queue_links, q);
         tr.queue_by_name.insert(name.to_string(), q);
         q
     }
