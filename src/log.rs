@@ -43,6 +43,30 @@ struct Logger {
 
 static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
 static INTERNAL_ADDR_FORM: OnceLock<bool> = OnceLock::new();
+static UTF8: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Postfix's `printable(text, '?')`, applied to every log line
+/// (`util/msg_output.c`): ASCII control characters become `?`; so do
+/// non-ASCII characters unless UTF-8 is enabled, and always the
+/// replacement character (bytes that were not UTF-8) and C1 controls, so
+/// that queue-file bytes can neither forge log lines nor reach a terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let utf8 = UTF8.load(std::sync::atomic::Ordering::Relaxed);
+    let bad = |c: char| {
+        if c.is_ascii() {
+            c.is_ascii_control()
+        } else {
+            !utf8 || c == char::REPLACEMENT_CHARACTER || ('\u{80}'..='\u{9f}').contains(&c)
+        }
+    };
+    if !text.chars().any(bad) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if bad(c) { '?' } else { c })
+        .collect::<String>()
+        .into()
+}
 
 /// How to log, from main.cf and the command line.
 #[derive(Debug, Clone)]
@@ -67,6 +91,39 @@ pub struct LogSetup {
     pub verbose: bool,
     /// `info_log_address_format = internal`.
     pub internal_address_form: bool,
+    /// `smtputf8_enable`: valid UTF-8 is logged as is; otherwise every
+    /// non-ASCII byte is logged as `?` (Postfix's `printable()`).
+    pub utf8: bool,
+    /// Before main.cf is read: log where master(8) told us to
+    /// (`POSTLOG_SERVICE`/`POSTLOG_HOSTNAME`), else to syslog.
+    pub early: bool,
+}
+
+impl LogSetup {
+    /// How to log before main.cf has been read (`maillog_client_init` at
+    /// the top of `trigger_server_main`): as `$MAIL_LOGTAG/<program>`, to the
+    /// postlogd socket master(8) passed in `POSTLOG_SERVICE` if any, else to
+    /// syslog; so that even a fatal main.cf error reaches the mail log.
+    pub fn early(program: &str, stderr: bool) -> LogSetup {
+        let tag = std::env::var("MAIL_LOGTAG")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "postfix".into());
+        LogSetup {
+            tag: format!("{tag}/{program}"),
+            maillog_file: String::new(),
+            maillog_file_prefixes: String::new(),
+            queue_directory: String::new(),
+            postlog_service_name: String::new(),
+            myhostname: String::new(),
+            syslog_facility: "mail".into(),
+            stderr,
+            verbose: false,
+            internal_address_form: false,
+            utf8: true,
+            early: true,
+        }
+    }
 }
 
 fn facility(name: &str) -> libc::c_int {
@@ -101,13 +158,27 @@ fn facility(name: &str) -> libc::c_int {
 ///
 /// Errors: a `maillog_file` outside `maillog_file_prefixes` (Postfix: fatal).
 pub fn init(setup: &LogSetup) -> Result<(), String> {
-    let _ = INTERNAL_ADDR_FORM.set(setup.internal_address_form);
+    if !setup.early {
+        let _ = INTERNAL_ADDR_FORM.set(setup.internal_address_form);
+        UTF8.store(setup.utf8, std::sync::atomic::Ordering::Relaxed);
+    }
+    let import_path = std::env::var("POSTLOG_SERVICE")
+        .ok()
+        .filter(|s| !s.is_empty());
     let import_host = std::env::var("POSTLOG_HOSTNAME")
         .ok()
         .filter(|s| !s.is_empty());
     // Once main.cf has been read, Postfix chooses postlog mode exactly when
     // maillog_file is set (an inherited POSTLOG_SERVICE no longer counts).
-    let sink = if !setup.maillog_file.is_empty() {
+    let sink = if setup.early && import_path.is_some() {
+        let path = import_path.unwrap_or_default();
+        let hostname = import_host.unwrap_or_else(|| "amnesiac".into());
+        Sink::Postlog {
+            sock: connect_postlog(&path),
+            path,
+            hostname,
+        }
+    } else if !setup.maillog_file.is_empty() {
         let prefixes: Vec<&str> = setup
             .maillog_file_prefixes
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -253,7 +324,8 @@ fn local_timestamp() -> String {
 }
 
 fn emit(sev: Severity, text: &str) {
-    let text = truncate(text);
+    let text = printable(text);
+    let text = truncate(&text);
     let Some(lock) = LOGGER.get() else {
         eprintln!("postfix/qmgr: {}{}", sev.prefix(), text);
         return;
@@ -409,6 +481,16 @@ pub fn quote_822_local(address: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_replaced() {
+        assert_eq!(
+            printable("from=<a\nFAKE qmgr: x\u{1b}[31m\u{84}\0z>"),
+            "from=<a?FAKE qmgr: x?[31m??z>"
+        );
+        assert_eq!(printable("caf\u{fffd}x j\u{f6}rg"), "caf?x j\u{f6}rg");
+        assert_eq!(printable("plain"), "plain");
+    }
 
     #[test]
     fn quoting() {

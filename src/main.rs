@@ -25,21 +25,6 @@ fn program_name() -> String {
     }
 }
 
-fn early_setup(tag: &str, stderr: bool) -> LogSetup {
-    LogSetup {
-        tag: tag.to_string(),
-        maillog_file: String::new(),
-        maillog_file_prefixes: String::new(),
-        queue_directory: String::new(),
-        postlog_service_name: String::new(),
-        myhostname: String::new(),
-        syslog_facility: "mail".into(),
-        stderr,
-        verbose: false,
-        internal_address_form: false,
-    }
-}
-
 fn main() {
     // SAFETY: setting signal dispositions before any thread exists.
     unsafe {
@@ -54,14 +39,14 @@ fn main() {
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 e.exit();
             }
-            let _ = log::init(&early_setup(&format!("postfix/{progname}"), true));
+            let _ = log::init(&LogSetup::early(&progname, true));
             log::fatal(&format!(
                 "invalid option: {}",
                 e.to_string().lines().next().unwrap_or("")
             ));
         }
     };
-    let _ = log::init(&early_setup(&format!("postfix/{progname}"), opts.stderr));
+    let _ = log::init(&LogSetup::early(&progname, opts.stderr));
 
     // main.cf, then -o overrides (mail_conf_suck, mail_conf_update).
     let config_dir =
@@ -86,6 +71,8 @@ fn main() {
         stderr: opts.stderr,
         verbose,
         internal_address_form: params.info_log_address_format_internal,
+        utf8: params.smtputf8_enable,
+        early: false,
     };
     if let Err(e) = log::init(&setup) {
         log::fatal(&e);
@@ -152,7 +139,7 @@ fn main() {
     local.block_on(&runtime, async move {
         let mut daemon = Daemon::new(params.clone(), cf, strategy);
         if let Err(e) = daemon.start() {
-            log::fatal(&format!("qmgr_move: {}", log::errno_text(&e)));
+            log::fatal(&e);
         }
         let (trig_tx, trig_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Err(e) = master::spawn_listener(kind, generation, trig_tx) {

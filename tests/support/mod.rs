@@ -680,7 +680,13 @@ impl Instance {
     /// Like [`Instance::sendmail`], with the whole message text given (its
     /// Message-ID must be `<token@HOSTNAME>`), e.g. for a list message with
     /// thousands of recipients that its To: header does not name.
-    pub fn sendmail_text(&self, from: &str, rcpts: &[&str], text: &str, token: &str) -> String {
+    pub fn sendmail_text(
+        &self,
+        from: impl AsRef<std::ffi::OsStr>,
+        rcpts: &[&str],
+        text: &str,
+        token: &str,
+    ) -> String {
         let input = self.root.join("log").join(format!("{token}.msg"));
         write_file(&input, text);
         let c = self.config_dir();
@@ -688,7 +694,7 @@ impl Instance {
         cmd.arg("-C")
             .arg(&c)
             .arg("-f")
-            .arg(from)
+            .arg(from.as_ref())
             .arg("--")
             .args(rcpts);
         let stdin = fs::File::open(&input).expect("open message file");
