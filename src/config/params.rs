@@ -343,6 +343,57 @@ impl Params {
             ipc_timeout: 0, // replaced by qmgr_ipc_timeout below
         };
         let mut p = p;
+        // Limits and counts that Postfix reads without a lower bound: a
+        // negative value is refused with a warning (Postfix stalls instead).
+        for (name, value, default) in [
+            (
+                "default_destination_concurrency_limit",
+                &mut p.default_destination_concurrency_limit,
+                20,
+            ),
+            (
+                "default_destination_recipient_limit",
+                &mut p.default_destination_recipient_limit,
+                50,
+            ),
+            (
+                "default_recipient_limit",
+                &mut p.default_recipient_limit,
+                20000,
+            ),
+            (
+                "default_extra_recipient_limit",
+                &mut p.default_extra_recipient_limit,
+                1000,
+            ),
+            (
+                "default_delivery_slot_cost",
+                &mut p.default_delivery_slot_cost,
+                5,
+            ),
+            (
+                "default_delivery_slot_loan",
+                &mut p.default_delivery_slot_loan,
+                3,
+            ),
+            (
+                "default_minimum_delivery_slots",
+                &mut p.default_minimum_delivery_slots,
+                3,
+            ),
+            (
+                "default_destination_concurrency_failed_cohort_limit",
+                &mut p.default_destination_concurrency_failed_cohort_limit,
+                1,
+            ),
+        ] {
+            if *value < 0 {
+                warnings.push(format!(
+                    "invalid {name} parameter value {value} < 0; using {default}"
+                ));
+                *value = default;
+            }
+        }
         // qmgr reads these only so that get_mail_conf_int2("local", ...) sees them.
         cf.get_int("local_destination_concurrency_limit", 2, 0, 0)?;
         cf.get_int("local_destination_recipient_limit", 1, 0, 0)?;
@@ -381,12 +432,22 @@ impl Params {
     /// be restarted into the same error; rqmgr keeps delivering).
     pub fn transport(&self, cf: &mut MainCf, name: &str) -> (TransportParams, Vec<String>) {
         let mut warnings = Vec::new();
-        let mut int = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64, max: i64| {
-            cf.get_int2(name, suffix, fallback, min, max)
-                .unwrap_or_else(|e| {
-                    warnings.push(format!("{e}; using {fallback}"));
-                    fallback
-                })
+        // Every per-transport number is a count or a limit: a negative one
+        // (which Postfix takes silently, and then stalls) is refused too.
+        let mut int = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64, max: i64| match cf
+            .get_int2(name, suffix, fallback, min, max)
+        {
+            Ok(v) if v >= 0 => v,
+            Ok(v) => {
+                warnings.push(format!(
+                    "invalid {name}{suffix} parameter value {v} < 0; using {fallback}"
+                ));
+                fallback
+            }
+            Err(e) => {
+                warnings.push(format!("{e}; using {fallback}"));
+                fallback
+            }
         };
         let dest_concurrency_limit = int(
             cf,
@@ -607,6 +668,27 @@ mod tests {
                 slow.init_dest_concurrency
             ),
             (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn negative_limits_fall_back() {
+        let mut cf = MainCf::parse(
+            "myhostname = h.example\nsmtp_destination_concurrency_limit = -5\ndefault_destination_recipient_limit = -1\n",
+            Path::new("m"),
+        )
+        .unwrap();
+        let (p, w) = Params::read(&mut cf).unwrap();
+        assert_eq!(p.default_destination_recipient_limit, 50);
+        assert_eq!(w.len(), 1);
+        let (smtp, w) = p.transport(&mut cf, "smtp");
+        assert_eq!(smtp.dest_concurrency_limit, 20);
+        assert_eq!(
+            w,
+            vec![
+                "invalid smtp_destination_concurrency_limit parameter value -5 < 0; using 20"
+                    .to_string()
+            ]
         );
     }
 
