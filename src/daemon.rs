@@ -162,8 +162,8 @@ impl Daemon {
     /// Startup (`qmgr_post_init`): move `active` back to `incoming`, then
     /// request an incoming and a deferred scan.
     ///
-    /// Errors: a failed move other than a vanished file.
-    pub fn start(&mut self) -> io::Result<()> {
+    /// Errors: Postfix's fatal text for a failed move other than a vanished file.
+    pub fn start(&mut self) -> Result<(), String> {
         self.spool.recover_active(crate::now_secs())?;
         self.scans[INCOMING_IDX].request(ScanFlags::START);
         self.scans[DEFERRED_IDX].request(ScanFlags::START);

@@ -192,8 +192,9 @@ impl Spool {
     /// mail an earlier queue manager held is delivered again. A vanished file
     /// is a warning; any other failure is returned (fatal in Postfix).
     ///
-    /// Errors: a failed rename other than `NotFound`.
-    pub fn recover_active(&self, now: i64) -> io::Result<usize> {
+    /// Errors: Postfix's fatal text for a failed time stamp or rename other
+    /// than a vanished file.
+    pub fn recover_active(&self, now: i64) -> Result<usize, String> {
         let mut moved = 0;
         let mut scanner = Scanner::new(ACTIVE);
         scanner.request(ScanFlags::START);
@@ -202,28 +203,30 @@ impl Spool {
                 tracing::warn!("qmgr_move: ignored: queue {ACTIVE} id {id}");
                 continue;
             }
-            match self.set_times(ACTIVE, &id, now) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let path = self.path(ACTIVE, &id);
-                    tracing::warn!(
-                        "qmgr_move: update {} time stamps: {}",
-                        path.display(),
-                        crate::log::errno_text(&e)
-                    );
-                    continue;
+            if let Err(e) = self.set_times(ACTIVE, &id, now) {
+                let text = format!(
+                    "qmgr_move: update {} time stamps: {}",
+                    self.path(ACTIVE, &id).display(),
+                    crate::log::errno_text(&e)
+                );
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(text);
                 }
-                Err(e) => return Err(e),
+                tracing::warn!("{text}");
+                continue;
             }
             match self.rename(&id, ACTIVE, INCOMING) {
                 Ok(()) => moved += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tracing::warn!(
+                Err(e) => {
+                    let text = format!(
                         "qmgr_move: rename {id} from {ACTIVE} to {INCOMING}: {}",
                         crate::log::errno_text(&e)
                     );
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(text);
+                    }
+                    tracing::warn!("{text}");
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(moved)
