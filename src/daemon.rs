@@ -679,62 +679,15 @@ impl Daemon {
                 let m = self.messages.get_mut(&msg).expect("message in core");
                 m.env.rcpt_offset = 0;
                 m.env.rcpt_unread = 0;
-                rcpt.address = self.resolver.rewrite("local", rdr).await;
-                let r = self.resolver.resolve(class, &sender, &rcpt.address).await;
-                if r.flags & rflag::FAIL != 0 {
-                    (transport, nexthop) = (
-                        b"retry".to_vec(),
-                        b"4.3.0 address resolver failure".to_vec(),
-                    );
-                } else if r.flags & rflag::ERROR != 0 {
-                    (transport, nexthop) =
-                        (b"error".to_vec(), b"5.1.3 bad address syntax".to_vec());
-                } else {
-                    (transport, nexthop) = (r.transport, r.nexthop);
-                }
-                rcpt.address = r.recipient;
-                flags = r.flags;
+                let canonical = self.resolver.rewrite("local", rdr).await;
+                (transport, nexthop, rcpt.address, flags) =
+                    self.resolve_one(class, &sender, &canonical).await;
             } else if let (Some(f), true) = (&filter, tflags & del_flag::TRACE_ONLY_MASK == 0) {
+                (transport, nexthop) = self.filter_route(f, &rcpt.address);
                 flags = 0;
-                match f.iter().position(|&c| c == b':') {
-                    Some(colon) if colon + 1 < f.len() => {
-                        transport = f[..colon].to_vec();
-                        nexthop = f[colon + 1..].to_vec();
-                    }
-                    other => {
-                        transport = match other {
-                            Some(colon) => f[..colon].to_vec(),
-                            None => f.clone(),
-                        };
-                        nexthop = if !self.params.default_filter_nexthop.is_empty() {
-                            self.params.default_filter_nexthop.clone().into_bytes()
-                        } else {
-                            match rcpt.address.iter().rposition(|&c| c == b'@') {
-                                Some(at) if at + 1 < rcpt.address.len() => {
-                                    rcpt.address[at + 1..].to_vec()
-                                }
-                                _ => self.params.myhostname.clone().into_bytes(),
-                            }
-                        };
-                    }
-                }
             } else {
-                let r = self.resolver.resolve(class, &sender, &rcpt.address).await;
-                if r.flags & rflag::FAIL != 0 {
-                    (transport, nexthop) = (
-                        b"retry".to_vec(),
-                        b"4.3.0 address resolver failure".to_vec(),
-                    );
-                } else if r.flags & rflag::ERROR != 0 {
-                    (transport, nexthop) =
-                        (b"error".to_vec(), b"5.1.3 bad address syntax".to_vec());
-                } else {
-                    (transport, nexthop) = (r.transport, r.nexthop);
-                }
-                if rcpt.address != r.recipient {
-                    rcpt.address = r.recipient;
-                }
-                flags = r.flags;
+                (transport, nexthop, rcpt.address, flags) =
+                    self.resolve_one(class, &sender, &rcpt.address).await;
             }
             if rcpt.address.is_empty() {
                 (transport, nexthop) =
@@ -782,6 +735,51 @@ impl Daemon {
             }
         }
         self.core.assigned(msg);
+    }
+
+    /// Resolves one address (`qmgr_resolve_one`): (transport, nexthop,
+    /// resolved recipient, resolve flags); a lookup failure goes to `retry`,
+    /// bad syntax to `error`.
+    async fn resolve_one(
+        &mut self,
+        class: Class,
+        sender: &[u8],
+        address: &[u8],
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>, u32) {
+        let r = self.resolver.resolve(class, sender, address).await;
+        let (transport, nexthop) = if r.flags & rflag::FAIL != 0 {
+            (
+                b"retry".to_vec(),
+                b"4.3.0 address resolver failure".to_vec(),
+            )
+        } else if r.flags & rflag::ERROR != 0 {
+            (b"error".to_vec(), b"5.1.3 bad address syntax".to_vec())
+        } else {
+            (r.transport, r.nexthop)
+        };
+        (transport, nexthop, r.recipient, r.flags)
+    }
+
+    /// The route a content filter (`L` record, `transport:nexthop`) gives a
+    /// recipient: without a nexthop, `default_filter_nexthop`, else the
+    /// recipient's domain, else `myhostname` (`qmgr_message_resolve`).
+    fn filter_route(&self, filter: &[u8], address: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (transport, nexthop) = match filter.iter().position(|&c| c == b':') {
+            Some(colon) => (&filter[..colon], &filter[colon + 1..]),
+            None => (filter, &b""[..]),
+        };
+        if !nexthop.is_empty() {
+            return (transport.to_vec(), nexthop.to_vec());
+        }
+        let nexthop = if !self.params.default_filter_nexthop.is_empty() {
+            self.params.default_filter_nexthop.clone().into_bytes()
+        } else {
+            match address.iter().rposition(|&c| c == b'@') {
+                Some(at) if at + 1 < address.len() => address[at + 1..].to_vec(),
+                _ => self.params.myhostname.clone().into_bytes(),
+            }
+        };
+        (transport.to_vec(), nexthop)
     }
 
     fn is_double_bounce(&self, address: &[u8]) -> bool {

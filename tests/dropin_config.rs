@@ -1,5 +1,5 @@
-//! Acceptance tests: what the queue manager logs about bad configuration
-//! and hostile bytes, checked against Postfix's qmgr and oqmgr as well.
+//! Acceptance tests: bad configuration and hostile bytes, content filters
+//! and redirects, checked against Postfix's qmgr and oqmgr as well.
 
 #[macro_use]
 mod support;
@@ -11,6 +11,8 @@ use support::{Instance, Opts, Qmgr};
 dropin_tests!(
     bad_main_cf_value_is_a_logged_fatal,
     non_utf8_sender_is_logged_with_question_marks,
+    content_filter_route_replaces_resolution,
+    redirect_action_sends_the_message_elsewhere,
 );
 
 /// A main.cf value the queue manager cannot use: it exits, and the mail log
@@ -61,5 +63,75 @@ fn non_utf8_sender_is_logged_with_question_marks(q: Qmgr) {
     inst.check(
         !inst.maillog().contains('\u{fffd}'),
         "no replacement characters in the log",
+    );
+}
+
+/// A content filter (`L` record, from `content_filter` in smtpd) replaces
+/// trivial-rewrite's answer for every recipient: mail for a destination that
+/// would defer goes to the filter transport with the filter's nexthop.
+fn content_filter_route_replaces_resolution(q: Qmgr) {
+    let inst = Instance::start(
+        Opts::new("filter", q).main_cf("content_filter", "discard:filtered-by-test"),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("filter");
+    let id = inst.send_smtp(&from, &["user@closed.example"], "content filter", &token);
+    inst.wait_removed(&id);
+    let sent = inst
+        .lines_for(&id)
+        .into_iter()
+        .find(|l| l.is_delivery())
+        .expect("a delivery line");
+    inst.check(
+        sent.is_from("discard")
+            && sent.status() == Some("sent")
+            && sent.reason() == Some("filtered-by-test"),
+        &format!("delivered through the filter route: {sent}"),
+    );
+}
+
+/// A REDIRECT action (the `>` record) sends the message to one address
+/// instead of all its recipients.
+fn redirect_action_sends_the_message_elsewhere(q: Qmgr) {
+    let checks = std::env::temp_dir().join(format!(
+        "rqmgr-header-checks-{}-{}",
+        std::process::id(),
+        q.tag()
+    ));
+    let alice = format!("alice@{}", support::HOSTNAME);
+    std::fs::write(
+        &checks,
+        format!("/^Subject: please redirect/ REDIRECT {alice}\n"),
+    )
+    .expect("write header_checks");
+    let inst = Instance::start(
+        Opts::new("redirect", q).main_cf("header_checks", &format!("regexp:{}", checks.display())),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("redirect");
+    let id = inst.send_smtp(
+        &from,
+        &["user@closed.example", "other@discard.example"],
+        "please redirect",
+        &token,
+    );
+    inst.wait_removed(&id);
+    let _ = std::fs::remove_file(&checks);
+    let deliveries: Vec<_> = inst
+        .lines_for(&id)
+        .into_iter()
+        .filter(|l| l.is_delivery())
+        .collect();
+    inst.check(
+        deliveries.len() == 1,
+        &format!("exactly one delivery: {deliveries:?}"),
+    );
+    inst.check(
+        deliveries[0].is_from("local") && deliveries[0].status() == Some("sent"),
+        &format!("delivered locally: {}", deliveries[0]),
+    );
+    inst.check(
+        inst.mailbox("alice").contains(&token),
+        "alice's mailbox holds the message",
     );
 }
