@@ -883,35 +883,32 @@ impl Daemon {
                     ));
                 }
             } else {
-                let verp = m
-                    .env
-                    .verp_delims
-                    .clone()
-                    .filter(|_| !self.params.disable_verp_bounces);
-                let cmd = if verp.is_some() {
-                    bounce::CMD_VERP
-                } else {
-                    bounce::CMD_FLUSH
-                };
-                let req = bounce::notify_request(
-                    cmd,
-                    bounce::FLAG_KEEP,
-                    &m.queue_id,
-                    &m.env,
-                    verp.as_deref(),
-                );
-                let what = if verp.is_some() { "verp" } else { "bounce" };
-                self.spawn_notify(
-                    msg,
-                    self.params.bounce_service_name.clone(),
-                    req,
-                    Step::BounceFlushed,
-                    what,
-                );
+                let service = self.params.bounce_service_name.clone();
+                self.spawn_flush(msg, service, bounce::FLAG_KEEP, Step::BounceFlushed);
                 return;
             }
         }
         self.completion_after_bounce(msg).await;
+    }
+
+    /// Asks `service` (bounce or defer) to send the non-delivery notice for
+    /// `msg`: one per recipient with the VERP sender if the message has VERP
+    /// delimiters and `disable_verp_bounces = no` (`abounce_flush[_verp]`,
+    /// `adefer_flush[_verp]`).
+    fn spawn_flush(&self, msg: MessageId, service: String, flags: u32, step: Step) {
+        let m = &self.messages[&msg];
+        let verp = m
+            .env
+            .verp_delims
+            .as_deref()
+            .filter(|_| !self.params.disable_verp_bounces);
+        let (cmd, what) = if verp.is_some() {
+            (bounce::CMD_VERP, "verp")
+        } else {
+            (bounce::CMD_FLUSH, "bounce")
+        };
+        let request = bounce::notify_request(cmd, flags, &m.queue_id, &m.env, verp);
+        self.spawn_notify(msg, service, request, step, what);
     }
 
     fn spawn_notify(
@@ -1042,30 +1039,12 @@ impl Daemon {
                     m.queue_id,
                     crate::log::addr(m.env.sender.as_deref().unwrap_or(b""))
                 );
-                let verp = m
-                    .env
-                    .verp_delims
-                    .clone()
-                    .filter(|_| !self.params.disable_verp_bounces);
-                let cmd = if verp.is_some() {
-                    bounce::CMD_VERP
-                } else {
-                    bounce::CMD_FLUSH
-                };
-                let req = bounce::notify_request(
-                    cmd,
-                    bounce::FLAG_KEEP | bounce::FLAG_DELRCPT,
-                    &m.queue_id,
-                    &m.env,
-                    verp.as_deref(),
-                );
-                let what = if verp.is_some() { "verp" } else { "bounce" };
-                self.spawn_notify(
+                let service = self.params.defer_service_name.clone();
+                self.spawn_flush(
                     msg,
-                    self.params.defer_service_name.clone(),
-                    req,
+                    service,
+                    bounce::FLAG_KEEP | bounce::FLAG_DELRCPT,
                     Step::DeferFlushed,
-                    what,
                 );
                 return;
             }
