@@ -13,6 +13,7 @@ dropin_tests!(
     non_utf8_sender_is_logged_with_question_marks,
     content_filter_route_replaces_resolution,
     redirect_action_sends_the_message_elsewhere,
+    verp_sender_is_encoded_per_recipient,
 );
 
 /// A main.cf value the queue manager cannot use: it exits, and the mail log
@@ -134,4 +135,39 @@ fn redirect_action_sends_the_message_elsewhere(q: Qmgr) {
         inst.mailbox("alice").contains(&token),
         "alice's mailbox holds the message",
     );
+}
+
+/// VERP (`sendmail -XV`, the `V` record): each recipient gets its own
+/// delivery with the sender `local+rcptlocal=rcptdomain@domain`, as the
+/// delivery agent's MAIL FROM shows.
+fn verp_sender_is_encoded_per_recipient(q: Qmgr) {
+    let inst = Instance::start(Opts::new("verp", q));
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("verp");
+    let rcpts = ["one@sink.example", "two@sink.example"];
+    let text = inst.message_text(&from, &rcpts, "verp", &token);
+    let id = inst.sendmail_with(&["-XV"], &from, &rcpts, &text, &token);
+    inst.wait_removed(&id);
+    let dumps = inst.sink.messages();
+    let mail_from = |d: &String| {
+        d.lines()
+            .find(|l| l.starts_with("X-Mail-Args:"))
+            .map(str::to_string)
+    };
+    let senders: Vec<String> = dumps
+        .iter()
+        .filter(|d| d.contains(&token))
+        .filter_map(mail_from)
+        .collect();
+    inst.check(
+        senders.len() == 2,
+        &format!("two deliveries, one per recipient: {senders:?}"),
+    );
+    for r in ["one=sink.example", "two=sink.example"] {
+        let want = format!("sender+{r}@{}", support::HOSTNAME);
+        inst.check(
+            senders.iter().any(|s| s.contains(&want)),
+            &format!("a MAIL FROM with {want}: {senders:?}"),
+        );
+    }
 }

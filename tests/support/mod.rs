@@ -687,12 +687,26 @@ impl Instance {
         text: &str,
         token: &str,
     ) -> String {
+        self.sendmail_with(&[], from, rcpts, text, token)
+    }
+
+    /// Like [`Instance::sendmail_text`], with extra sendmail options before
+    /// `-f` (e.g. `-XV` for VERP).
+    pub fn sendmail_with(
+        &self,
+        options: &[&str],
+        from: impl AsRef<std::ffi::OsStr>,
+        rcpts: &[&str],
+        text: &str,
+        token: &str,
+    ) -> String {
         let input = self.root.join("log").join(format!("{token}.msg"));
         write_file(&input, text);
         let c = self.config_dir();
         let mut cmd = Command::new(SENDMAIL);
         cmd.arg("-C")
             .arg(&c)
+            .args(options)
             .arg("-f")
             .arg(from.as_ref())
             .arg("--")
