@@ -896,31 +896,38 @@ impl Daemon {
     /// delimiters and `disable_verp_bounces = no` (`abounce_flush[_verp]`,
     /// `adefer_flush[_verp]`).
     fn spawn_flush(&self, msg: MessageId, service: String, flags: u32, step: Step) {
-        let m = &self.messages[&msg];
-        let verp = m
-            .env
-            .verp_delims
-            .as_deref()
-            .filter(|_| !self.params.disable_verp_bounces);
-        let (cmd, what) = if verp.is_some() {
+        let verp =
+            self.messages[&msg].env.verp_delims.is_some() && !self.params.disable_verp_bounces;
+        let (cmd, what) = if verp {
             (bounce::CMD_VERP, "verp")
         } else {
             (bounce::CMD_FLUSH, "bounce")
         };
-        let request = bounce::notify_request(cmd, flags, &m.queue_id, &m.env, verp);
-        self.spawn_notify(msg, service, request, step, what);
+        self.spawn_notify(msg, service, cmd, flags, step, what);
     }
 
+    /// Sends one notification request (`cmd` with `flags`) for `msg` to
+    /// `service` in the background; its status comes back as a completion
+    /// `step`. A failure is logged as `<id>: status=deferred (<what> failed)`
+    /// (`global/abounce.c`).
     fn spawn_notify(
         &self,
         msg: MessageId,
         service: String,
-        request: Vec<u8>,
+        cmd: u32,
+        flags: u32,
         step: Step,
         what: &'static str,
     ) {
+        let m = &self.messages[&msg];
+        let verp = if cmd == bounce::CMD_VERP {
+            m.env.verp_delims.as_deref()
+        } else {
+            None
+        };
+        let request = bounce::notify_request(cmd, flags, &m.queue_id, &m.env, verp);
         let tx = self.events_tx.clone();
-        let id = self.messages[&msg].queue_id.clone();
+        let id = m.queue_id.clone();
         tokio::task::spawn_local(async move {
             let status = match bounce::call(&service, &request, ABOUNCE_TIMEOUT).await {
                 Ok(0) => 0,
@@ -1011,11 +1018,12 @@ impl Daemon {
         if t & (del_flag::USR_VRFY | del_flag::RECORD | del_flag::REC_DLY_SENT) != 0
             || m.env.rflags & qfile::envelope::READ_FLAG_NOTIFY_SUCCESS != 0
         {
-            let req = bounce::notify_request(bounce::CMD_TRACE, t, &m.queue_id, &m.env, None);
+            let service = self.params.trace_service_name.clone();
             self.spawn_notify(
                 msg,
-                self.params.trace_service_name.clone(),
-                req,
+                service,
+                bounce::CMD_TRACE,
+                t,
                 Step::TraceFlushed,
                 "trace",
             );
@@ -1049,17 +1057,12 @@ impl Daemon {
                 return;
             }
             if lifecycle::warning_due(m.env.warn_time, now) {
-                let req = bounce::notify_request(
-                    bounce::CMD_WARN,
-                    bounce::FLAG_KEEP,
-                    &m.queue_id,
-                    &m.env,
-                    None,
-                );
+                let service = self.params.defer_service_name.clone();
                 self.spawn_notify(
                     msg,
-                    self.params.defer_service_name.clone(),
-                    req,
+                    service,
+                    bounce::CMD_WARN,
+                    bounce::FLAG_KEEP,
                     Step::Warned,
                     "delay warning",
                 );
