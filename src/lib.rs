@@ -1,20 +1,24 @@
 //! rqmgr: a drop-in replacement for Postfix's queue manager, qmgr(8).
 //!
-//! A pure scheduling core ([`sched`]) inside a thin single-threaded tokio
-//! shell ([`daemon`]). The other modules speak Postfix's formats and
-//! protocols: [`master`] (the contract with master(8)), [`config`] (main.cf),
-//! [`spool`] (the queue directory), [`qfile`] (queue files), [`ipc`]
-//! (attribute protocol and peer clients), [`lifecycle`] (message completion
-//! decisions) and [`log`] (Postfix-format logging).
+//! The core ([`qmgr`]) makes every decision Postfix's qmgr makes, with no
+//! I/O; the shell ([`shell`]) is a thin single-threaded tokio event loop
+//! that reads, hands what it read to the core, and carries out what it
+//! says; [`sim`] drives the same core in virtual time. The other modules
+//! speak Postfix's formats and protocols: [`master`] (the contract with
+//! master(8)), [`config`] (main.cf), [`spool`] (the queue directory and
+//! its files), [`qfile`] (queue-file records), [`ipc`] (attribute protocol
+//! and peer clients), [`proto`] (protocol constants), [`address`] and
+//! [`log`] (Postfix-format logging).
 
+pub mod address;
 pub mod config;
-pub mod daemon;
 pub mod ipc;
-pub mod lifecycle;
 pub mod log;
 pub mod master;
+pub mod proto;
 pub mod qfile;
-pub mod sched;
+pub mod qmgr;
+pub mod shell;
 pub mod sim;
 pub mod spool;
 

@@ -5,10 +5,10 @@
 
 use clap::Parser;
 use rqmgr::config::{MainCf, Params};
-use rqmgr::daemon::Daemon;
 use rqmgr::log::{self, LogSetup};
 use rqmgr::master::{self, DaemonOptions, Watchdog};
-use rqmgr::sched::Strategy;
+use rqmgr::qmgr::Strategy;
+use rqmgr::shell::Daemon;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -138,9 +138,7 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let mut daemon = Daemon::new(params.clone(), cf, strategy);
-        if let Err(e) = daemon.start() {
-            log::fatal(&e);
-        }
+        daemon.start();
         let (trig_tx, trig_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Err(e) = master::spawn_listener(kind, generation, trig_tx) {
             log::fatal(&format!("listen descriptor: {}", log::errno_text(&e)));

@@ -1,17 +1,30 @@
-//! A simulator: the scheduling core ([`crate::sched`]) driven by simulated
-//! queue files, delivery agents and destinations in virtual time. It answers
-//! "what happens to this mix of mail if I change that parameter?" in
-//! milliseconds, and the same workload always gives the same answer.
+//! A simulator: the queue manager's core ([`crate::qmgr`]) driven by
+//! simulated queue files, delivery agents and destinations in virtual time.
+//! It answers "what happens to this mix of mail if I change that
+//! parameter?" in milliseconds, and the same workload always gives the same
+//! answer.
 //!
-//! It plays the shell's part the way `daemon.rs` does: feeds messages while
-//! the active queue has room, reads recipients in the batches the core
-//! allows, keeps at most the process limit of agents per transport busy,
-//! and reports each delivery's outcome back to the core.
+//! It plays the shell's part the way `shell/` does, and leaves every
+//! decision to the same core: admission ([`Core::has_room`]), reading
+//! limits, routing overrides and assignment ([`Core::assign_batch`]), the
+//! reading of agents' replies ([`Core::delivery_done`]) and completion
+//! ([`Core::complete`]). What it simulates is only what the real world
+//! would answer: at most the process limit of agents per transport, each
+//! destination's delivery time and failure, error(8) for `retry` and
+//! `error`, and bounce/defer/trace services that always answer.
 
 use crate::config::TransportParams;
-use crate::sched::{Action, Assignment, EntryId, MessageId, Outcome, Reason, Scheduler, Settings};
+use crate::proto::service;
+use crate::qmgr::{
+    Action, AgentReply, BounceLog, Core, Disposition, EntryId, Event, Fact, MessageFacts,
+    MessageId, Reason, Resolution, ScanFlags, Settings, Step, TransportConfig,
+};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// The wall-clock time the simulation starts at (seconds since the epoch):
+/// fixed, so that runs are reproducible.
+pub const WALL_START: i64 = 1_800_000_000;
 
 /// How a simulated destination behaves.
 #[derive(Debug, Clone)]
@@ -60,81 +73,92 @@ pub struct Report {
     pub fates: Vec<Vec<Option<Fate>>>,
     /// Per message: when it left the active queue (completion).
     pub completed: Vec<Option<Duration>>,
+    /// Per message: how it left the active queue.
+    pub dispositions: Vec<Option<Disposition>>,
+    /// Per message: the completion steps the core asked for, in order.
+    pub steps: Vec<Vec<Step>>,
     /// Every delivery request: (start, transport, destination, message, recipients).
     pub requests: Vec<(Duration, String, String, usize, usize)>,
     /// Highest number of simultaneous deliveries seen per destination.
     pub max_busy: BTreeMap<String, usize>,
     /// Number of delivery attempts per destination.
     pub attempts: BTreeMap<String, usize>,
+    /// Every event the core reported, with the time (since the start).
+    pub events: Vec<(Duration, Event)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrive(usize),
     AgentFree(u32),
-    Done(u32, u32),
+    Done(u32),
+}
+
+/// A connection's state: waiting to be ready, or delivering.
+struct Agent {
+    transport: String,
+    delivery: Option<(EntryId, String)>,
 }
 
 /// The simulator.
 pub struct Sim {
-    core: Scheduler<SimRcpt>,
+    core: Core<SimRcpt>,
     start: Instant,
     now: Instant,
     workload: Vec<SimMessage>,
     destinations: HashMap<String, Destination>,
     process_limit: HashMap<String, usize>,
     default_process_limit: usize,
-    active_limit: usize,
     /// Per workload message: next recipient to read, and the core id.
     cursor: Vec<usize>,
-    ids: Vec<Option<MessageId>>,
     by_id: HashMap<MessageId, usize>,
+    /// Per workload message: some recipient bounced (its bounce log is
+    /// not empty).
+    bounced: Vec<bool>,
     incoming: VecDeque<usize>,
     events: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     busy_agents: HashMap<String, usize>,
     waiting_connects: HashMap<String, usize>,
-    in_flight: HashMap<u32, (EntryId, String, String)>,
+    agents: HashMap<u32, Agent>,
     busy_per_dest: HashMap<String, usize>,
-    next_delivery: u32,
+    next_agent: u32,
     report: Report,
 }
 
 impl Sim {
-    /// A simulator with Postfix's defaults; `params` gives each transport's
-    /// parameters, `process_limit` each transport's master.cf limit (else
+    /// A simulator: `config` gives each transport's parameters,
+    /// `process_limit` each transport's master.cf limit (else
     /// `default_process_limit`).
     pub fn new(
         settings: Settings,
-        params: Box<dyn FnMut(&str) -> TransportParams>,
+        config: Box<dyn TransportConfig>,
         workload: Vec<SimMessage>,
         destinations: HashMap<String, Destination>,
         process_limit: HashMap<String, usize>,
         default_process_limit: usize,
     ) -> Sim {
         let start = Instant::now();
-        let active_limit = settings.active_limit.max(1) as usize;
         let n = workload.len();
         let mut sim = Sim {
-            core: Scheduler::new(settings, params, start),
+            core: Core::new(settings, config, start),
             start,
             now: start,
             workload,
             destinations,
             process_limit,
             default_process_limit,
-            active_limit,
             cursor: vec![0; n],
-            ids: vec![None; n],
             by_id: HashMap::new(),
+            bounced: vec![false; n],
             incoming: VecDeque::new(),
             events: BTreeMap::new(),
             seq: 0,
             busy_agents: HashMap::new(),
             waiting_connects: HashMap::new(),
-            in_flight: HashMap::new(),
+            agents: HashMap::new(),
             busy_per_dest: HashMap::new(),
-            next_delivery: 0,
+            next_agent: 0,
             report: Report::default(),
         };
         sim.report.fates = sim
@@ -143,6 +167,8 @@ impl Sim {
             .map(|m| vec![None; m.recipients.len()])
             .collect();
         sim.report.completed = vec![None; n];
+        sim.report.dispositions = vec![None; n];
+        sim.report.steps = vec![Vec::new(); n];
         for i in 0..n {
             let at = start + sim.workload[i].arrival;
             sim.push(at, Ev::Arrive(i));
@@ -159,8 +185,13 @@ impl Sim {
         self.now - self.start
     }
 
+    /// The simulated wall clock, seconds since the epoch.
+    fn wall(&self) -> i64 {
+        WALL_START + self.elapsed().as_secs() as i64
+    }
+
     /// Access to the core (for invariant checks in tests).
-    pub fn core(&self) -> &Scheduler<SimRcpt> {
+    pub fn core(&self) -> &Core<SimRcpt> {
         &self.core
     }
 
@@ -170,8 +201,7 @@ impl Sim {
         loop {
             self.feed_and_act();
             let next_ev = self.events.keys().next().map(|k| k.0);
-            let next_timer = self.core.poll_timeout();
-            let next = match (next_ev, next_timer) {
+            let next = match (next_ev, self.core.poll_timeout()) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some(b)) => b,
@@ -191,53 +221,65 @@ impl Sim {
                 self.feed_and_act();
             }
         }
+        self.record_events();
         self.report
     }
 
-    /// Like the daemon's loop: act on the core, feed messages while there is
-    /// room, act again.
+    /// Like the daemon's loop: act on the core, feed messages while the
+    /// core admits them, act again.
     fn feed_and_act(&mut self) {
         loop {
             self.carry_out_actions();
-            if self.by_id.len() >= self.active_limit || !self.core.admits_more() {
+            if !self.core.has_room() {
                 break;
             }
             let Some(i) = self.incoming.pop_front() else {
                 break;
             };
-            let id = self.core.message_new(self.now);
-            self.ids[i] = Some(id);
+            let id = self.core.message_new(ScanFlags::START, self.now);
             self.by_id.insert(id, i);
-            self.read_batch(i);
+            self.read_batch(id, i);
         }
         self.carry_out_actions();
     }
 
-    fn read_batch(&mut self, i: usize) {
-        let id = self.ids[i].expect("message in core");
+    /// Reads and assigns the next batch of message `i`, as many recipients
+    /// as the core allows.
+    fn read_batch(&mut self, id: MessageId, i: usize) {
         let limit = self.core.read_limit(id);
         let total = self.workload[i].recipients.len();
         let from = self.cursor[i];
         let to = (from + limit).min(total);
         self.cursor[i] = to;
-        self.core
-            .batch_read(id, (total - to) as i64, to < total, false, self.now);
-        for r in from..to {
-            let (transport, dest) = self.workload[i].recipients[r].clone();
-            let address = format!("r{r}@{dest}");
-            let a = Assignment {
-                transport: &transport,
-                nexthop: &dest,
-                address: address.as_bytes(),
-                flush_each: false,
-                rcpt: SimRcpt { msg: i, rcpt: r },
-            };
-            if let Err((rcpt, _)) = self.core.assign(id, a, self.now) {
-                self.report.fates[rcpt.msg][rcpt.rcpt]
-                    .get_or_insert(Fate::Deferred(self.now - self.start));
-            }
+        let facts = MessageFacts {
+            rcpt_unread: (total - to) as i64,
+            more: to < total,
+            create_time: WALL_START + self.workload[i].arrival.as_secs() as i64,
+            ..MessageFacts::default()
+        };
+        self.core.batch_read(id, facts, self.now);
+        let batch = (from..to)
+            .map(|r| {
+                let (transport, dest) = self.workload[i].recipients[r].clone();
+                let address = format!("r{r}@{dest}").into_bytes();
+                let res = Resolution {
+                    transport,
+                    nexthop: dest,
+                    address,
+                    flags: 0,
+                };
+                (res, SimRcpt { msg: i, rcpt: r })
+            })
+            .collect();
+        let assigned = self.core.assign_batch(id, batch, self.now);
+        for (rcpt, _) in assigned.defer {
+            self.fate(rcpt, Fate::Deferred(self.elapsed()));
+            self.core.must_retry(id);
         }
-        self.core.assigned(id);
+    }
+
+    fn fate(&mut self, r: SimRcpt, fate: Fate) {
+        self.report.fates[r.msg][r.rcpt].get_or_insert(fate);
     }
 
     fn limit_of(&self, transport: &str) -> usize {
@@ -245,6 +287,13 @@ impl Sim {
             .get(transport)
             .copied()
             .unwrap_or(self.default_process_limit)
+    }
+
+    fn record_events(&mut self) {
+        let at = self.elapsed();
+        while let Some(e) = self.core.poll_event() {
+            self.report.events.push((at, e));
+        }
     }
 
     fn carry_out_actions(&mut self) {
@@ -256,40 +305,73 @@ impl Sim {
                 } => {
                     // master(8) gives the connection to a free agent process, or
                     // it waits in the listen queue until one is free.
-                    let busy = self.busy_agents.get(&transport).copied().unwrap_or(0);
+                    let busy = self.busy_agents.get(&*transport).copied().unwrap_or(0);
                     if busy < self.limit_of(&transport) {
-                        *self.busy_agents.entry(transport.clone()).or_default() += 1;
-                        self.start_agent(transport, rate_delay);
+                        *self.busy_agents.entry(transport.to_string()).or_default() += 1;
+                        self.start_agent(transport.to_string(), rate_delay);
                     } else {
-                        *self.waiting_connects.entry(transport).or_default() += 1;
+                        *self
+                            .waiting_connects
+                            .entry(transport.to_string())
+                            .or_default() += 1;
                     }
                 }
                 Action::Refill { msg } => {
                     let i = self.by_id[&msg];
                     if self.cursor[i] < self.workload[i].recipients.len() {
-                        self.read_batch(i);
+                        self.read_batch(msg, i);
                     } else {
                         self.core.assigned(msg);
                     }
                 }
-                Action::MessageDone { msg } => {
-                    let i = self.by_id[&msg];
-                    if self.cursor[i] < self.workload[i].recipients.len() {
-                        self.read_batch(i);
-                    } else {
-                        self.report.completed[i] = Some(self.elapsed());
-                        self.by_id.remove(&msg);
-                        self.core.message_free(msg);
-                    }
-                }
-                Action::Defer { recipients, .. } => {
+                Action::Defer {
+                    msg, recipients, ..
+                } => {
                     for r in recipients {
-                        self.report.fates[r.msg][r.rcpt]
-                            .get_or_insert(Fate::Deferred(self.now - self.start));
+                        self.fate(r, Fate::Deferred(self.elapsed()));
                     }
+                    self.core.must_retry(msg);
                 }
+                Action::Complete { msg, step } => self.completion_step(msg, step),
             }
+            self.record_events();
         }
+    }
+
+    /// Answers one completion step as the real services and files would.
+    fn completion_step(&mut self, msg: MessageId, step: Step) {
+        let i = self.by_id[&msg];
+        self.report.steps[i].push(step);
+        let fact = match step {
+            Step::CheckBounceLog => Fact::BounceLog(if self.bounced[i] {
+                BounceLog::NonEmpty
+            } else {
+                BounceLog::Missing
+            }),
+            Step::FlushBounce { .. } => {
+                self.bounced[i] = false;
+                Fact::Notified(true)
+            }
+            Step::FlushTrace | Step::Warn | Step::ReturnToSender { .. } => Fact::Notified(true),
+            Step::CheckFile => Fact::FileOk(true),
+            Step::ReadMore => {
+                self.read_batch(msg, i);
+                Fact::Read(true)
+            }
+            Step::RemoveBounceLog | Step::KillTraceRecord | Step::MarkWarned => Fact::Done,
+            Step::Defer { delay } => self.finished(msg, i, Disposition::Deferred { delay }),
+            Step::Remove => self.finished(msg, i, Disposition::Removed),
+            Step::SaveCorrupt => self.finished(msg, i, Disposition::Corrupt),
+        };
+        let wall = self.wall();
+        self.core.complete(msg, fact, wall);
+    }
+
+    fn finished(&mut self, msg: MessageId, i: usize, disposition: Disposition) -> Fact {
+        self.report.completed[i] = Some(self.elapsed());
+        self.report.dispositions[i] = Some(disposition);
+        self.by_id.remove(&msg);
+        Fact::Done
     }
 
     /// An agent process took a connection: it is ready at once (after the
@@ -297,32 +379,33 @@ impl Sim {
     fn start_agent(&mut self, transport: String, rate_delay: Duration) {
         let at = self.now + rate_delay;
         // Readiness is handled as an event so that the core sees time pass.
-        let slot = self.next_delivery;
-        self.next_delivery += 1;
-        self.in_flight
-            .insert(slot, (EntryId(u32::MAX), transport, String::new()));
-        self.push(at, Ev::AgentFree(slot));
+        let id = self.next_agent;
+        self.next_agent += 1;
+        self.agents.insert(
+            id,
+            Agent {
+                transport,
+                delivery: None,
+            },
+        );
+        self.push(at, Ev::AgentFree(id));
     }
 
     fn handle(&mut self, ev: Ev) {
         match ev {
             Ev::Arrive(i) => self.incoming.push_back(i),
-            Ev::AgentFree(slot) => {
-                let (_, transport, _) = self.in_flight.remove(&slot).expect("agent slot");
+            Ev::AgentFree(id) => {
+                let transport = self.agents[&id].transport.clone();
                 match self.core.agent_ready(&transport, self.now) {
                     Some(e) => {
                         let entry = self.core.entry(e);
                         let dest = self.core.nexthop(entry.queue).to_string();
                         let first = entry.recipients[0].msg;
                         let n = entry.recipients.len();
-                        let model = self
+                        let time = self
                             .destinations
                             .get(&dest)
-                            .cloned()
-                            .unwrap_or(Destination {
-                                delivery_time: Duration::from_millis(10),
-                                failure: None,
-                            });
+                            .map_or(Duration::from_millis(10), |d| d.delivery_time);
                         self.report.requests.push((
                             self.elapsed(),
                             transport.clone(),
@@ -335,57 +418,55 @@ impl Sim {
                         *b += 1;
                         let m = self.report.max_busy.entry(dest.clone()).or_default();
                         *m = (*m).max(*b);
-                        self.in_flight.insert(slot, (e, transport, dest));
-                        self.push(self.now + model.delivery_time, Ev::Done(slot, 0));
+                        self.agents.get_mut(&id).expect("agent").delivery = Some((e, dest));
+                        self.push(self.now + time, Ev::Done(id));
                     }
-                    None => self.release_agent(&transport),
+                    None => {
+                        self.agents.remove(&id);
+                        self.release_agent(&transport);
+                    }
                 }
             }
-            Ev::Done(slot, _) => {
-                let (e, transport, dest) =
-                    self.in_flight.remove(&slot).expect("delivery in flight");
+            Ev::Done(id) => {
+                let agent = self.agents.remove(&id).expect("agent");
+                let (e, dest) = agent.delivery.expect("a delivery in flight");
                 *self.busy_per_dest.get_mut(&dest).expect("busy dest") -= 1;
                 let at = self.elapsed();
-                // error(8) as `retry` defers, as `error` bounces, without a hop
-                // status; real destinations succeed or fail as modelled.
-                let (outcome, fate) = match transport.as_str() {
-                    crate::sched::RETRY => (
-                        Outcome::Replied {
-                            retry: true,
-                            hop: None,
-                            reason_empty: true,
+                let failure = self.destinations.get(&dest).and_then(|d| d.failure.clone());
+                // What the agent would reply: error(8) as `retry` defers and as
+                // `error` bounces, neither with a hop status; real destinations
+                // succeed or fail with their hop status.
+                let (reply, fate) = match (agent.transport.as_str(), &failure) {
+                    (service::RETRY, _) => (AgentReply::DEFERRED, Fate::Deferred(at)),
+                    (service::ERROR, _) => (AgentReply::OK, Fate::Bounced(at)),
+                    (_, None) => (AgentReply::OK, Fate::Delivered(at)),
+                    (_, Some(r)) => (
+                        AgentReply::Final {
+                            status: -1,
+                            hop_status: r.status.as_bytes(),
+                            hop_reason: r.text.as_bytes(),
                         },
                         Fate::Deferred(at),
                     ),
-                    crate::sched::ERROR => (Outcome::OK, Fate::Bounced(at)),
-                    _ => match self.destinations.get(&dest).and_then(|d| d.failure.clone()) {
-                        None => (Outcome::OK, Fate::Delivered(at)),
-                        Some(r) => (
-                            Outcome::Replied {
-                                retry: true,
-                                hop: Some(r),
-                                reason_empty: false,
-                            },
-                            Fate::Deferred(at),
-                        ),
-                    },
                 };
-                let (_, recipients, _) = self.core.delivery_done(e, outcome, self.now);
+                let (_, recipients) = self.core.delivery_done(e, reply, self.now);
                 for r in recipients {
-                    self.report.fates[r.msg][r.rcpt].get_or_insert(fate);
+                    if matches!(fate, Fate::Bounced(_)) {
+                        self.bounced[r.msg] = true;
+                    }
+                    self.fate(r, fate);
                 }
-                self.release_agent(&transport);
+                self.release_agent(&agent.transport);
             }
         }
     }
 
     /// An agent process is free again: it takes the next waiting connection.
     fn release_agent(&mut self, transport: &str) {
-        let waiting = self.waiting_connects.get_mut(transport);
-        match waiting {
+        match self.waiting_connects.get_mut(transport) {
             Some(n) if *n > 0 => {
                 *n -= 1;
-                let delay = Duration::from_secs(self.core_rate_delay(transport));
+                let delay = Duration::from_secs(self.rate_delay(transport));
                 self.start_agent(transport.to_string(), delay);
             }
             _ => {
@@ -396,10 +477,8 @@ impl Sim {
         }
     }
 
-    fn core_rate_delay(&mut self, transport: &str) -> u64 {
-        self.core
-            .transport_params(transport)
-            .xport_rate_delay
-            .max(0) as u64
+    fn rate_delay(&mut self, transport: &str) -> u64 {
+        let p: &TransportParams = self.core.transport_params(transport);
+        p.xport_rate_delay.max(0) as u64
     }
 }

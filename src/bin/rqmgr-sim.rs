@@ -19,8 +19,8 @@
 //! message mixed at=20 rcpts=3@slow.example rcpts=2@dead.example transport=smtp
 //! ```
 
-use rqmgr::config::{MainCf, Params};
-use rqmgr::sched::{Reason, Settings, Strategy};
+use rqmgr::config::{MainCf, Params, TransportTable};
+use rqmgr::qmgr::{Reason, Settings, Strategy};
 use rqmgr::sim::{Destination, Fate, Sim, SimMessage};
 use std::collections::HashMap;
 use std::path::Path;
@@ -196,19 +196,11 @@ fn run() -> Result<(), String> {
     for warning in warnings {
         eprintln!("warning: {warning}");
     }
-    let mut settings = Settings::postfix_defaults(strategy);
-    settings.minimal_backoff_time = p.minimal_backoff_time as u64;
-    settings.transport_retry_time = p.transport_retry_time as u64;
-    settings.active_limit = p.qmgr_message_active_limit;
-    settings.recipient_limit = p.qmgr_message_recipient_limit;
-    settings.recipient_minimum = p.qmgr_message_recipient_minimum;
-    settings.fudge_factor = p.qmgr_fudge_factor;
-    settings.clog_warn_time = 0;
+    let settings = Settings::from_params(&p, strategy);
     let default_processes = p.default_process_limit.max(1) as usize;
-    let params = p.clone();
     let sim = Sim::new(
         settings,
-        Box::new(move |name| params.transport(&mut cf, name).0),
+        Box::new(TransportTable::new(p, cf)),
         w.messages.clone(),
         w.destinations.clone(),
         w.processes.clone(),

@@ -12,7 +12,7 @@ mod expand;
 mod params;
 
 pub use expand::{expand, parse_compat_level};
-pub use params::{Params, TransportParams};
+pub use params::{Params, TransportParams, TransportTable};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -608,6 +608,27 @@ impl MainCf {
     }
 }
 
+/// The per-transport parameter lookups the core is given
+/// ([`crate::qmgr::TransportConfig`]): main.cf as it was loaded, with the
+/// global defaults (`qmgr_transport_create`).
+pub struct TransportTable {
+    params: Params,
+    cf: MainCf,
+}
+
+impl TransportTable {
+    /// A table over `cf` with the defaults of `params`.
+    pub fn new(params: Params, cf: MainCf) -> TransportTable {
+        TransportTable { params, cf }
+    }
+}
+
+impl crate::qmgr::TransportConfig for TransportTable {
+    fn lookup(&mut self, transport: &str) -> (TransportParams, Vec<String>) {
+        self.params.transport(&mut self.cf, transport)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,29 +5,88 @@
 //! "delivers" a recipient itself. Also qmgr's own delivery log lines
 //! (`global/log_adhoc.c`).
 
-use super::attr::{parse_int, AttrList, AttrWriter};
+use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
 use super::{with_timeout, Dsn, Peer};
 use crate::log::addr;
-use crate::qfile::{del_flag, Envelope, Recipient};
+use crate::proto::bounce::{
+    CMD_APPEND, CMD_FLUSH, CMD_TRACE, CMD_VERP, CMD_WARN, FLAG_DELRCPT, FLAG_KEEP,
+};
+use crate::proto::service::CLASS_PRIVATE;
+use crate::proto::{deliver_flag as del_flag, dsn_notify};
+use crate::qfile::{Envelope, Recipient};
 use std::time::Duration;
 
 /// The bounce service's announcement.
 pub const PROTOCOL: &str = "delivery_status_protocol";
 
-/// Bounce service commands (`global/bounce.h`).
-pub const CMD_APPEND: u32 = 0;
-pub const CMD_FLUSH: u32 = 1;
-pub const CMD_WARN: u32 = 2;
-pub const CMD_VERP: u32 = 3;
-pub const CMD_TRACE: u32 = 5;
+/// A notification request qmgr makes when a message completes
+/// (`global/abounce.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// `abounce_flush[_verp]`: the non-delivery notice, from the bounce log.
+    Bounce { verp: bool },
+    /// `adefer_flush[_verp]`: return an expired message to the sender, from
+    /// the defer log, deleting the recipients.
+    Return { verp: bool },
+    /// `adefer_warn`: the delay warning, from the defer log.
+    Warn,
+    /// `atrace_flush`: the delivery status notice, with the message's trace
+    /// flags.
+    Trace { tflags: u32 },
+}
 
-/// Bounce request flags.
-pub const FLAG_KEEP: u32 = 0;
-pub const FLAG_DELRCPT: u32 = 2;
+impl Notice {
+    /// Which service gets it: bounce, defer or trace.
+    pub fn service<'a>(&self, svc: &'a Services) -> &'a str {
+        match self {
+            Notice::Bounce { .. } => &svc.bounce,
+            Notice::Return { .. } | Notice::Warn => &svc.defer,
+            Notice::Trace { .. } => &svc.trace,
+        }
+    }
+
+    fn command(&self) -> u32 {
+        match *self {
+            Notice::Bounce { verp: true } | Notice::Return { verp: true } => CMD_VERP,
+            Notice::Bounce { verp: false } | Notice::Return { verp: false } => CMD_FLUSH,
+            Notice::Warn => CMD_WARN,
+            Notice::Trace { .. } => CMD_TRACE,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        match *self {
+            Notice::Bounce { .. } | Notice::Warn => FLAG_KEEP,
+            Notice::Return { .. } => FLAG_KEEP | FLAG_DELRCPT,
+            Notice::Trace { tflags } => tflags,
+        }
+    }
+
+    /// The word in `<id>: status=deferred (<what> failed)` (`abounce_done`).
+    pub fn what(&self) -> &'static str {
+        match self.command() {
+            CMD_FLUSH => "bounce",
+            CMD_WARN => "delay warning",
+            CMD_VERP => "verp",
+            _ => "trace",
+        }
+    }
+
+    /// The request for message `queue_id` with envelope `env`
+    /// (`bounce_notify_proto` / `bounce_verp_proto`).
+    pub fn request(&self, queue_id: &str, env: &Envelope) -> Vec<u8> {
+        let verp = if self.command() == CMD_VERP {
+            env.verp_delims.as_deref()
+        } else {
+            None
+        };
+        notify_request(self.command(), self.flags(), queue_id, env, verp)
+    }
+}
 
 /// A notification request (FLUSH, WARN, VERP or TRACE) for one message
 /// (`bounce_notify_proto` / `bounce_verp_proto`).
-pub fn notify_request(
+fn notify_request(
     cmd: u32,
     flags: u32,
     queue_id: &str,
@@ -49,6 +108,30 @@ pub fn notify_request(
     }
     w.end();
     w.into_bytes()
+}
+
+/// Why a request to the bounce, defer or trace service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("connect to private/{service}: {text}")]
+    Connect { service: String, text: String },
+    #[error("read private/{service}: {error}")]
+    Read { service: String, error: AttrError },
+    #[error("write private/{service}: {text}")]
+    Write { service: String, text: String },
+    #[error("private/{service}: status {status}")]
+    Status { service: String, status: i32 },
+}
+
+/// What qmgr's own disposition of a recipient came to (the status of
+/// `defer_append`, `sent`).
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposed {
+    /// Finished with: a discarded recipient may be marked done.
+    Done,
+    /// The message must be retried (it goes to deferred).
+    Retry,
 }
 
 /// An APPEND request: one recipient and its status, for the log of the
@@ -77,30 +160,37 @@ pub fn append_request(flags: u32, queue_id: &str, rcpt: &Recipient, dsn: &Dsn) -
 /// Sends one request to `private/<service>` and returns the service's
 /// status (0 = done). Each step is limited by `timeout`.
 ///
-/// Errors: a text for the warning line (connect, protocol or timeout).
-pub async fn call(service: &str, request: &[u8], timeout: Duration) -> Result<i32, String> {
-    let mut peer = Peer::connect("private", service).await.map_err(|e| {
-        format!(
-            "connect to private/{service}: {}",
-            crate::log::errno_text(&e)
-        )
-    })?;
+/// Errors: [`ServiceError`] for a failed connect, write or read (protocol
+/// or timeout); its text is the warning line.
+pub async fn call(service: &str, request: &[u8], timeout: Duration) -> Result<i32, ServiceError> {
+    let read = |error| ServiceError::Read {
+        service: service.to_string(),
+        error,
+    };
+    let mut peer =
+        Peer::connect(CLASS_PRIVATE, service)
+            .await
+            .map_err(|e| ServiceError::Connect {
+                service: service.to_string(),
+                text: crate::log::errno_text(&e),
+            })?;
     with_timeout(
         timeout,
         super::attr::read_announcement(&mut peer.reader, PROTOCOL),
     )
     .await
-    .map_err(|e| format!("read private/{service}: {e}"))?;
+    .map_err(read)?;
     peer.send(request, timeout)
         .await
-        .map_err(|e| format!("write private/{service}: {}", crate::log::errno_text(&e)))?;
+        .map_err(|e| ServiceError::Write {
+            service: service.to_string(),
+            text: crate::log::errno_text(&e),
+        })?;
     let reply = with_timeout(timeout, AttrList::read(&mut peer.reader))
         .await
-        .map_err(|e| format!("read private/{service}: {e}"))?;
-    let v = reply
-        .expect(&["status"])
-        .map_err(|e| format!("read private/{service}: {e}"))?;
-    parse_int("status", v[0]).map_err(|e| format!("read private/{service}: {e}"))
+        .map_err(read)?;
+    let v = reply.expect(&["status"]).map_err(read)?;
+    parse_int("status", v[0]).map_err(read)
 }
 
 /// The time stamps qmgr knows for its own log lines: arrival in the queue
@@ -210,9 +300,10 @@ pub fn adhoc_line(
     line
 }
 
-/// Service names and limits the synchronous clients need.
+/// Service names and limits of the bounce/defer/trace clients.
 #[derive(Debug, Clone)]
 pub struct Services {
+    pub bounce: String,
     pub defer: String,
     pub trace: String,
     pub timeout: Duration,
@@ -223,7 +314,7 @@ pub struct Services {
 /// Appends a record to the trace log (`trace_append`): the reason is prefixed
 /// with `delivery via <relay>: ` unless the relay is `none`.
 ///
-/// Errors: the text of a service failure.
+/// Errors: [`ServiceError`] when the trace service fails or refuses.
 pub async fn trace_append(
     svc: &Services,
     flags: u32,
@@ -231,7 +322,7 @@ pub async fn trace_append(
     rcpt: &Recipient,
     relay: &str,
     dsn: &Dsn,
-) -> Result<(), String> {
+) -> Result<(), ServiceError> {
     let mut d = dsn.clone();
     if relay != "none" {
         let mut reason = format!("delivery via {relay}: ").into_bytes();
@@ -246,7 +337,10 @@ pub async fn trace_append(
     .await
     {
         Ok(0) => Ok(()),
-        Ok(n) => Err(format!("status {n}")),
+        Ok(status) => Err(ServiceError::Status {
+            service: svc.trace.clone(),
+            status,
+        }),
         Err(e) => Err(e),
     }
 }
@@ -268,8 +362,8 @@ fn with_class(dsn: &Dsn, class: u8, caller: &str) -> Dsn {
 
 /// qmgr defers a recipient itself (`defer_append`): a non-4.x.x code becomes
 /// 4.0.0; the recipient goes into the defer log; the `status=deferred` line
-/// is logged. Always "fails" (returns -1), meaning the message must be
-/// retried.
+/// is logged. The message must then be retried, except for a user's
+/// address verification (`sendmail -bv`), which only records the result.
 pub async fn defer_append(
     svc: &Services,
     flags: u32,
@@ -278,14 +372,14 @@ pub async fn defer_append(
     rcpt: &Recipient,
     relay: &str,
     dsn: &Dsn,
-) -> i32 {
+) -> Disposed {
     let mut d = with_class(dsn, b'4', "defer_append");
     d.action = b"delayed".to_vec();
     if flags & del_flag::USR_VRFY != 0 {
         d.action = b"undeliverable".to_vec();
         return match trace_append(svc, flags, queue_id, rcpt, relay, &d).await {
-            Ok(()) => 0,
-            Err(_) => -1,
+            Ok(()) => Disposed::Done,
+            Err(_) => Disposed::Retry,
         };
     }
     match call(
@@ -309,13 +403,13 @@ pub async fn defer_append(
     {
         tracing::warn!("{queue_id}: {} service failure", svc.trace);
     }
-    -1
+    Disposed::Retry
 }
 
 /// qmgr "delivers" a recipient itself (`sent`, used to discard mail for the
 /// double-bounce address): logs `status=sent`, tracing first when the
-/// message or recipient asks for it. Returns 0 on success; on a trace
-/// failure the recipient is deferred instead and -1 returned.
+/// message or recipient asks for it. On a trace failure the recipient is
+/// deferred instead.
 pub async fn sent(
     svc: &Services,
     flags: u32,
@@ -324,36 +418,34 @@ pub async fn sent(
     rcpt: &Recipient,
     relay: &str,
     dsn: &Dsn,
-) -> i32 {
+) -> Disposed {
     let mut d = with_class(dsn, b'2', "sent");
     if d.action.is_empty() {
         d.action = b"delivered".to_vec();
     }
-    const NOTIFY_SUCCESS: u32 = 2;
-    const NOTIFY_DELAY: u32 = 8;
     let rec_all = flags & del_flag::RECORD != 0;
     let rec_dly = flags & del_flag::REC_DLY_SENT != 0
-        && (rcpt.dsn_notify == 0 || rcpt.dsn_notify & NOTIFY_DELAY != 0);
+        && (rcpt.dsn_notify == 0 || rcpt.dsn_notify & dsn_notify::DELAY != 0);
     let mut ok = true;
     if rec_all || rec_dly || flags & del_flag::USR_VRFY != 0 {
         ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
             .await
             .is_ok();
     }
-    if ok && rcpt.dsn_notify & NOTIFY_SUCCESS != 0 {
+    if ok && rcpt.dsn_notify & dsn_notify::SUCCESS != 0 {
         ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
             .await
             .is_ok();
     }
     if flags & del_flag::USR_VRFY != 0 {
-        return if ok { 0 } else { -1 };
+        return if ok { Disposed::Done } else { Disposed::Retry };
     }
     if ok {
         tracing::info!(
             "{}",
             adhoc_line(queue_id, stats, rcpt, relay, &d, "sent", svc.max_dig)
         );
-        0
+        Disposed::Done
     } else {
         let reason = format!("{queue_id}: {} service failed", svc.trace);
         defer_append(
@@ -390,7 +482,7 @@ mod tests {
             sender: Some(b"sender@discard.example".to_vec()),
             ..Default::default()
         };
-        let req = notify_request(CMD_FLUSH, FLAG_KEEP, "D637999209F", &env, None);
+        let req = Notice::Bounce { verp: false }.request("D637999209F", &env);
         assert_eq!(
             req,
             b"nrequest\x001\0flags\x000\0queue_name\0active\0queue_id\0D637999209F\0encoding\0\0smtputf8\x000\0sender\0sender@discard.example\0envelope_id\0\0ret_flags\x000\0\0"

@@ -5,15 +5,12 @@
 
 use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
 use super::Dsn;
-use crate::qfile::{del_flag, Envelope, Recipient};
+use crate::proto::{deliver_flag as del_flag, smtputf8};
+use crate::qfile::{Envelope, Recipient};
 use base64::Engine as _;
 
 /// The agent's announcement (`MAIL_ATTR_PROTO_DELIVER`).
 pub const PROTOCOL: &str = "delivery_request_protocol";
-
-/// SMTPUTF8 flags (`global/smtputf8.h`).
-pub const SMTPUTF8_SENDER: u32 = 4;
-pub const SMTPUTF8_RECIPIENT: u32 = 8;
 
 /// Size of `MSG_STATS` on LP64 Linux: five `struct timeval` and an int,
 /// padded to 88 bytes; agents reject any other length.
@@ -86,16 +83,16 @@ pub struct Request<'a> {
 /// five attributes and terminator.
 pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     let env = req.env;
-    let mut smtputf8 = env.smtputf8;
+    let mut utf8_flags = env.smtputf8;
     if req.smtputf8_enable {
         for r in req.recipients {
             if !r.address.is_empty()
                 && !all_ascii(&r.address)
                 && std::str::from_utf8(&r.address).is_ok()
             {
-                smtputf8 |= SMTPUTF8_RECIPIENT;
+                utf8_flags |= smtputf8::RECIPIENT;
                 if env.verp_delims.is_some() {
-                    smtputf8 |= SMTPUTF8_SENDER;
+                    utf8_flags |= smtputf8::SENDER;
                 }
             }
         }
@@ -126,7 +123,7 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
         .long("size", env.cont_length)
         .str("nexthop", req.nexthop)
         .str("encoding", &env.encoding)
-        .int("smtputf8", smtputf8)
+        .int("smtputf8", utf8_flags)
         .str("sender", sender)
         .str("envelope_id", &env.dsn_envid)
         .int("ret_flags", env.dsn_ret)

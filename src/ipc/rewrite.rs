@@ -10,24 +10,12 @@
 
 use super::attr::{parse_int, AttrList, AttrWriter};
 use super::{with_timeout, Peer};
+use crate::proto::service::CLASS_PRIVATE;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// trivial-rewrite's announcement.
 pub const PROTOCOL: &str = "trivial_rewrite_protocol";
-
-/// Resolve flags (`global/resolve_clnt.h`).
-pub mod flag {
-    pub const FINAL: u32 = 1;
-    pub const ROUTED: u32 = 2;
-    pub const ERROR: u32 = 4;
-    pub const FAIL: u32 = 8;
-    pub const CLASS_LOCAL: u32 = 256;
-    pub const CLASS_ALIAS: u32 = 512;
-    pub const CLASS_VIRTUAL: u32 = 1024;
-    pub const CLASS_RELAY: u32 = 2048;
-    pub const CLASS_DEFAULT: u32 = 4096;
-}
 
 /// Which resolver table set to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,7 +100,7 @@ impl Resolver {
 
     async fn connect(&mut self) -> Result<&mut Conn, String> {
         if self.conn.is_none() {
-            let mut peer = Peer::connect("private", &self.service)
+            let mut peer = Peer::connect(CLASS_PRIVATE, &self.service)
                 .await
                 .map_err(|e| crate::log::errno_text(&e))?;
             with_timeout(

@@ -6,6 +6,7 @@
 
 use super::record::{rec, RecordReader};
 use crate::log::addr;
+use crate::proto::deliver_flag as del_flag;
 use std::io::{Read, Seek};
 
 /// `C` record flag bit 0: recipients are mixed with other records, so the
@@ -17,23 +18,6 @@ pub const READ_FLAG_NOTIFY_SUCCESS: u32 = 2 << 1;
 const READ_FLAG_USER: u32 = 1 | (1 << 1) | (2 << 1) | (4 << 1) | (8 << 1);
 /// Private flag: every non-recipient record has been seen.
 const READ_FLAG_SEEN_ALL_NON_RCPT: u32 = 1 << 16;
-
-/// Delivery flags carried in the `trace_flags` attribute (`global/deliver_request.h`).
-pub mod del_flag {
-    pub const SUCCESS: u32 = 1;
-    pub const BOUNCE: u32 = 2;
-    pub const DEFLT: u32 = SUCCESS | BOUNCE;
-    pub const MTA_VRFY: u32 = 256;
-    pub const USR_VRFY: u32 = 512;
-    pub const RECORD: u32 = 1024;
-    pub const CONN_LOAD: u32 = 2048;
-    pub const CONN_STORE: u32 = 4096;
-    pub const REC_DLY_SENT: u32 = 8192;
-    /// The bits that are trace flags (`DEL_REQ_TRACE_FLAGS_MASK`).
-    pub const TRACE_MASK: u32 = MTA_VRFY | USR_VRFY | RECORD | REC_DLY_SENT;
-    /// Trace without real delivery (`DEL_REQ_TRACE_ONLY_MASK`).
-    pub const TRACE_ONLY_MASK: u32 = MTA_VRFY | USR_VRFY;
-}
 
 /// One recipient as qmgr keeps it (`global/recipient_list.h`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

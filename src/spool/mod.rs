@@ -1,18 +1,31 @@
-//! The queue directory: queue names and ids, hashed paths, the "open ok"
-//! readiness test, moves between queues, time stamps, and the directory
-//! scanners that feed the active queue.
+//! The queue directory, the one place where rqmgr touches queue files:
+//! queue names and ids, hashed paths, the "open ok" readiness test, moves
+//! between queues, time stamps, the bounce and defer logs qmgr looks at,
+//! the queue file qmgr holds open ([`QueueFile`]), startup recovery
+//! ([`recover_active`]) and the directory scanners ([`Scanner`]).
+//!
+//! Every operation follows qmgr's one rule ([`must`]): a file that vanished
+//! meanwhile (another process moved or removed it) is not an error; any
+//! other failure is fatal, so that no mail is lost by carrying on.
 //!
 //! Follows `global/mail_queue.c` (names, ids, paths, rename with missing
 //! directories), `util/dir_forest.c`, `global/mail_open_ok.c`,
-//! `global/mail_scan_dir.c` + `util/scan_dir.c`, `qmgr/qmgr_scan.c` and
-//! `qmgr/qmgr_move.c`. All paths are relative to the queue directory, which
-//! is the process's working directory (as in Postfix, so that the same code
-//! works chrooted or not).
+//! `global/mail_scan_dir.c` + `util/scan_dir.c`, `qmgr/qmgr_scan.c`,
+//! `qmgr/qmgr_active.c` (the file operations of feeding and completion)
+//! and `qmgr/qmgr_move.c`. All paths are relative to the queue directory,
+//! which is the process's working directory (as in Postfix, so that the
+//! same code works chrooted or not).
 
+mod queue_file;
+mod recover;
 mod scan;
 
-pub use scan::{ScanFlags, Scanner};
+pub use queue_file::{Lock, QueueFile};
+pub use recover::recover_active;
+pub use scan::Scanner;
 
+use crate::proto::queue_mode;
+use crate::qmgr::BounceLog;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -27,12 +40,39 @@ pub const BOUNCE: &str = "bounce";
 pub const DEFER: &str = "defer";
 pub const TRACE: &str = "trace";
 
-/// Owner `rwx`: the file is complete (`MAIL_QUEUE_STAT_READY`).
-pub const STAT_READY: u32 = 0o700;
-/// Group read: unthrottle this message's destinations (`postqueue -i`).
-pub const STAT_UNTHROTTLE: u32 = 0o040;
-/// Group execute: force expiry (`postsuper -e`).
-pub const STAT_EXPIRE: u32 = 0o010;
+/// What qmgr does when a queue file operation finds the file gone (ENOENT):
+/// another process moved or removed it, which is never fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfVanished {
+    /// Log `warning: <what>: <error>` and carry on.
+    Warn,
+    /// Carry on silently.
+    Ignore,
+}
+
+/// qmgr's rule for every queue file operation: `Some(value)` on success;
+/// `None` if the file vanished (warned about or not, per `if_vanished`);
+/// any other failure is fatal (`fatal: <what>: <error>`), as in Postfix,
+/// where carrying on could lose or duplicate mail.
+pub fn must<T>(
+    result: io::Result<T>,
+    if_vanished: IfVanished,
+    what: impl FnOnce() -> String,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let text = format!("{}: {}", what(), crate::log::errno_text(&e));
+            if e.kind() != io::ErrorKind::NotFound {
+                crate::log::fatal(&text);
+            }
+            if if_vanished == IfVanished::Warn {
+                tracing::warn!("{text}");
+            }
+            None
+        }
+    }
+}
 
 /// 1..100 alphanumeric characters (`mail_queue_name_ok`).
 pub fn queue_name_ok(name: &str) -> bool {
@@ -138,7 +178,7 @@ impl Spool {
             tracing::warn!("{}: uid {}: not a regular file", path.display(), meta.uid());
             return None;
         }
-        if meta.permissions().mode() & 0o700 != STAT_READY {
+        if meta.permissions().mode() & 0o700 != queue_mode::READY {
             return None;
         }
         if meta.nlink() > 1 && meta.ctime() < crate::now_secs() - 60 {
@@ -187,49 +227,92 @@ impl Spool {
         set_times(&self.path(queue, id), secs)
     }
 
-    /// Startup recovery (`qmgr/qmgr_move.c`): every valid name in `active`
-    /// (recursively) is time-stamped `now` and moved to `incoming`, so that
-    /// mail an earlier queue manager held is delivered again. A vanished file
-    /// is a warning; any other failure is returned (fatal in Postfix).
-    ///
-    /// Errors: Postfix's fatal text for a failed time stamp or rename other
-    /// than a vanished file.
-    pub fn recover_active(&self, now: i64) -> Result<usize, String> {
-        let mut moved = 0;
-        let mut scanner = Scanner::new(ACTIVE);
-        scanner.request(ScanFlags::START);
-        while let Some(id) = scanner.next_id() {
-            if !queue_id_ok(&id) {
-                tracing::warn!("qmgr_move: ignored: queue {ACTIVE} id {id}");
-                continue;
-            }
-            if let Err(e) = self.set_times(ACTIVE, &id, now) {
-                let text = format!(
-                    "qmgr_move: update {} time stamps: {}",
-                    self.path(ACTIVE, &id).display(),
-                    crate::log::errno_text(&e)
-                );
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(text);
-                }
-                tracing::warn!("{text}");
-                continue;
-            }
-            match self.rename(&id, ACTIVE, INCOMING) {
-                Ok(()) => moved += 1,
-                Err(e) => {
-                    let text = format!(
-                        "qmgr_move: rename {id} from {ACTIVE} to {INCOMING}: {}",
-                        crate::log::errno_text(&e)
-                    );
-                    if e.kind() != io::ErrorKind::NotFound {
-                        return Err(text);
-                    }
-                    tracing::warn!("{text}");
-                }
-            }
+    /// Moves `id` from `from` to `to` with qmgr's rule ([`must`]); `what`
+    /// gives the text of the warning or fatal line. Returns false if the
+    /// file vanished.
+    pub fn move_file(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        if_vanished: IfVanished,
+        what: impl FnOnce() -> String,
+    ) -> bool {
+        must(self.rename(id, from, to), if_vanished, what).is_some()
+    }
+
+    /// Time-stamps `from/<id>` `delay` seconds after `now` (seconds since the
+    /// epoch) and moves it to `to`, where a scan will find it due then
+    /// (`qmgr_active_defer`).
+    pub fn defer(&self, id: &str, from: &str, to: &str, now: i64, delay: i64) {
+        const WHAT: &str = "qmgr_active_defer";
+        let path = self.path(from, id);
+        must(
+            set_times(&path, now.saturating_add(delay)),
+            IfVanished::Ignore,
+            || format!("{WHAT}: update {} time stamps", path.display()),
+        );
+        self.move_file(id, from, to, IfVanished::Warn, || {
+            format!("{WHAT}: rename {id} from {from} to {to}")
+        });
+    }
+
+    /// Saves a damaged file from the active queue in the corrupt queue
+    /// (`qmgr_active_corrupt`), with Postfix's warning.
+    pub fn save_corrupt(&self, id: &str) {
+        if must(self.rename(id, ACTIVE, CORRUPT), IfVanished::Ignore, || {
+            format!("qmgr_active_corrupt: save corrupt file queue {ACTIVE} id {id}")
+        })
+        .is_some()
+        {
+            tracing::warn!(
+                "saving corrupt file \"{id}\" from queue \"{ACTIVE}\" to queue \"{CORRUPT}\""
+            );
         }
-        Ok(moved)
+    }
+
+    /// Removes a finished message from the active queue and logs
+    /// `<id>: removed` (`qmgr_active_done_3_generic`).
+    pub fn remove_done(&self, id: &str) {
+        if must(self.remove(ACTIVE, id), IfVanished::Warn, || {
+            format!("qmgr_active_done_3_generic: remove {id} from {ACTIVE}")
+        })
+        .is_some()
+        {
+            tracing::info!("{id}: removed");
+        }
+    }
+
+    /// The state of the bounce log of `id` (`qmgr_active_done`).
+    pub fn bounce_log(&self, id: &str) -> BounceLog {
+        match fs::metadata(self.path(BOUNCE, id)) {
+            Err(_) => BounceLog::Missing,
+            Ok(md) if md.len() == 0 => BounceLog::Empty,
+            Ok(_) => BounceLog::NonEmpty,
+        }
+    }
+
+    /// Removes an empty bounce log; a failure is fatal (`qmgr_active_done`).
+    pub fn remove_bounce_log(&self, id: &str) {
+        if let Err(e) = self.remove(BOUNCE, id) {
+            crate::log::fatal(&format!(
+                "remove {BOUNCE} {id}: {}",
+                crate::log::errno_text(&e)
+            ));
+        }
+    }
+
+    /// True if the defer log of `id` has records (`qmgr_message_alloc`).
+    pub fn defer_log_nonempty(&self, id: &str) -> bool {
+        fs::metadata(self.path(DEFER, id)).is_ok_and(|md| md.len() > 0)
+    }
+
+    /// Removes the defer log of a previous attempt before new recipients
+    /// are resolved (`qmgr_message_alloc`).
+    pub fn reset_defer_log(&self, id: &str) {
+        must(self.remove(DEFER, id), IfVanished::Ignore, || {
+            format!("qmgr_message_alloc: {id}: remove {DEFER} {id}")
+        });
     }
 }
 

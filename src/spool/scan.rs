@@ -3,50 +3,9 @@
 //! subdirectories, and return candidate queue ids one at a time. A scan
 //! requested while one runs results in exactly one more complete pass.
 
+use crate::qmgr::ScanFlags;
 use std::fs::ReadDir;
 use std::path::PathBuf;
-
-/// Scan request flags (`qmgr/qmgr.h`), OR-ed into a scanner's current and
-/// next run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ScanFlags(pub u32);
-
-impl ScanFlags {
-    /// Start a scan (or one more pass after the current one).
-    pub const START: ScanFlags = ScanFlags(1);
-    /// Ignore file time stamps ("not yet" files are fed too).
-    pub const ALL: ScanFlags = ScanFlags(2);
-    /// Revive dead transports and destinations before scanning (`F` trigger).
-    pub const FLUSH_ONCE: ScanFlags = ScanFlags(4);
-    /// Ignore `defer_transports` for messages of this scan.
-    pub const FLUSH_DFXP: ScanFlags = ScanFlags(8);
-    /// Revive dead destinations per message (the g+r file bit).
-    pub const FLUSH_EACH: ScanFlags = ScanFlags(16);
-    /// Expire the message now (the g+x file bit).
-    pub const FORCE_EXPIRE: ScanFlags = ScanFlags(32);
-
-    /// True if every bit of `other` is set.
-    pub fn contains(self, other: ScanFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-    /// True if no bit is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-}
-
-impl std::ops::BitOr for ScanFlags {
-    type Output = ScanFlags;
-    fn bitor(self, rhs: ScanFlags) -> ScanFlags {
-        ScanFlags(self.0 | rhs.0)
-    }
-}
-
-impl std::ops::BitOrAssign for ScanFlags {
-    fn bitor_assign(&mut self, rhs: ScanFlags) {
-        self.0 |= rhs.0;
-    }
-}
 
 /// One queue's scanner: the flags of the run in progress, the flags of the
 /// next run, and the open directories of the walk.
@@ -89,11 +48,11 @@ impl Scanner {
     /// `FLUSH_ONCE` (reviving dead transports and queues).
     pub fn request(&mut self, flags: ScanFlags) {
         if self.walk.is_some() {
-            self.flags.0 |= flags.0 & (ScanFlags::ALL.0 | ScanFlags::FLUSH_DFXP.0);
+            self.flags |= flags.intersection(ScanFlags::ALL | ScanFlags::FLUSH_DFXP);
         }
         self.nflags |= flags;
         if self.walk.is_none() && flags.contains(ScanFlags::START) {
-            self.nflags.0 &= !ScanFlags::START.0;
+            self.nflags = self.nflags.without(ScanFlags::START);
             self.start();
         }
     }

@@ -1,6 +1,7 @@
 //! Scenario tests of the core in virtual time.
 
 use super::*;
+use crate::config::TransportParams;
 use crate::sim::{Destination, Fate, Sim, SimMessage};
 
 pub(crate) fn params() -> TransportParams {
@@ -24,7 +25,7 @@ pub(crate) fn params() -> TransportParams {
     }
 }
 
-fn params_for(name: &str) -> TransportParams {
+pub(crate) fn params_for(name: &str) -> TransportParams {
     let mut p = params();
     if name == "local" {
         p.recipient_limit = 1;
@@ -39,46 +40,85 @@ fn params_for(name: &str) -> TransportParams {
     p
 }
 
-fn core_with(strategy: Strategy, now: Instant) -> Scheduler<u32> {
+fn core_with(strategy: Strategy, now: Instant) -> Core<u32> {
     let mut settings = Settings::postfix_defaults(strategy);
     settings.recipient_delimiter = "+".into();
-    Scheduler::new(settings, Box::new(params_for), now)
+    Core::new(settings, Box::new(params_for), now)
 }
 
-fn core(now: Instant) -> Scheduler<u32> {
+pub(crate) fn core(now: Instant) -> Core<u32> {
     core_with(Strategy::Nqmgr, now)
 }
 
-/// A message with all its recipients read at once.
-fn message(c: &mut Scheduler<u32>, now: Instant, rcpts: &[(&str, &str, &str, u32)]) -> MessageId {
-    let m = c.message_new(now);
-    c.batch_read(m, 0, false, false, now);
-    for &(transport, nexthop, addr, rcpt) in rcpts {
-        c.assign(
-            m,
-            Assignment {
-                transport,
-                nexthop,
-                address: addr.as_bytes(),
-                flush_each: false,
-                rcpt,
-            },
-            now,
-        )
-        .unwrap();
+fn resolved(transport: &str, nexthop: &str, address: &str) -> Resolution {
+    Resolution {
+        transport: transport.into(),
+        nexthop: nexthop.into(),
+        address: address.as_bytes().to_vec(),
+        flags: 0,
     }
-    c.assigned(m);
+}
+
+/// Assigns one batch of `(transport, nexthop, address, recipient)`.
+fn assign(
+    c: &mut Core<u32>,
+    m: MessageId,
+    now: Instant,
+    rcpts: &[(&str, &str, &str, u32)],
+) -> Assigned<u32> {
+    let batch = rcpts
+        .iter()
+        .map(|&(t, n, a, r)| (resolved(t, n, a), r))
+        .collect();
+    c.assign_batch(m, batch, now)
+}
+
+/// A message with all its recipients read at once.
+pub(crate) fn message(
+    c: &mut Core<u32>,
+    now: Instant,
+    rcpts: &[(&str, &str, &str, u32)],
+) -> MessageId {
+    let m = c.message_new(ScanFlags::START, now);
+    c.batch_read(m, MessageFacts::default(), now);
+    let out = assign(c, m, now, rcpts);
+    assert_eq!(
+        out,
+        Assigned {
+            discard: vec![],
+            defer: vec![]
+        }
+    );
     m
 }
 
-fn actions(c: &mut Scheduler<u32>) -> Vec<Action<u32>> {
+fn actions(c: &mut Core<u32>) -> Vec<Action<u32>> {
     std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn events(c: &mut Core<u32>) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
 }
 
 fn connect(t: &str) -> Action<u32> {
     Action::Connect {
         transport: t.into(),
         rate_delay: Duration::ZERO,
+    }
+}
+
+fn done(msg: MessageId) -> Action<u32> {
+    Action::Complete {
+        msg,
+        step: Step::CheckBounceLog,
+    }
+}
+
+fn hop_failure(status: &'static str, text: &'static str) -> AgentReply<'static> {
+    AgentReply::Final {
+        status: -1,
+        hop_status: status.as_bytes(),
+        hop_reason: text.as_bytes(),
     }
 }
 
@@ -99,10 +139,9 @@ fn one_message_one_delivery() {
     assert_eq!(c.entry(e).recipients, vec![10, 11]);
     assert_eq!(c.nexthop(c.entry(e).queue), "example.com");
     assert_eq!(c.agent_ready("smtp", now), None);
-    let (msg, rcpts, retry) = c.delivery_done(e, Outcome::OK, now);
-    assert_eq!((msg, rcpts, retry), (m, vec![10, 11], false));
-    assert_eq!(actions(&mut c), vec![Action::MessageDone { msg: m }]);
-    c.message_free(m);
+    let (msg, rcpts) = c.delivery_done(e, AgentReply::OK, now);
+    assert_eq!((msg, rcpts), (m, vec![10, 11]));
+    assert_eq!(actions(&mut c), vec![done(m)]);
     assert_eq!(c.entry_count(), 0);
     c.check_invariants().unwrap();
 }
@@ -131,7 +170,7 @@ fn message_without_entries_is_done_at_once() {
     let now = Instant::now();
     let mut c = core(now);
     let m = message(&mut c, now, &[]);
-    assert_eq!(actions(&mut c), vec![Action::MessageDone { msg: m }]);
+    assert_eq!(actions(&mut c), vec![done(m)]);
 }
 
 #[test]
@@ -148,7 +187,7 @@ fn window_grows_by_one_per_success_up_to_the_limit() {
     let mut windows = vec![];
     for _ in 0..30 {
         let e = busy.pop_front().unwrap();
-        c.delivery_done(e, Outcome::OK, now);
+        c.delivery_done(e, AgentReply::OK, now);
         let w = c.window("smtp", "d.example").unwrap();
         windows.push(w);
         assert!(w <= 20);
@@ -175,11 +214,7 @@ fn three_sequential_hop_failures_kill_a_destination_then_it_revives() {
             &[("smtp", "dead.example", "a@dead.example", i)],
         );
     }
-    let hop = || Outcome::Replied {
-        retry: true,
-        hop: Some(Reason::new("4.4.1", "connect refused")),
-        reason_empty: false,
-    };
+    let hop = || hop_failure("4.4.1", "connect refused");
     let mut failures = 0;
     while c.window("smtp", "dead.example").unwrap_or(0) > 0 {
         let e = c
@@ -232,11 +267,7 @@ fn concurrent_failures_count_once_the_destination_is_dead() {
         .map(|_| c.agent_ready("smtp", now).unwrap())
         .collect();
     assert_eq!(c.agent_ready("smtp", now), None, "window 5");
-    let hop = || Outcome::Replied {
-        retry: true,
-        hop: Some(Reason::new("4.4.1", "refused")),
-        reason_empty: false,
-    };
+    let hop = || hop_failure("4.4.1", "refused");
     for e in busy {
         c.delivery_done(e, hop(), now);
     }
@@ -250,11 +281,7 @@ fn dead_transport_sends_work_to_retry_and_revives() {
     let mut c = core(now);
     message(&mut c, now, &[("nosuch", "x.example", "a@x.example", 1)]);
     assert_eq!(actions(&mut c), vec![connect("nosuch")]);
-    c.agent_failed(
-        "nosuch",
-        Reason::new("4.3.0", "mail transport unavailable"),
-        now,
-    );
+    c.agent_failed("nosuch", now);
     assert!(c.transport_dead("nosuch"));
     assert_eq!(actions(&mut c), vec![connect("retry")]);
     let e = c.agent_ready("retry", now).unwrap();
@@ -273,33 +300,20 @@ fn retry_dead_too_hands_recipients_back() {
     let mut c = core(now);
     let m1 = message(&mut c, now, &[("retry", "4.3.0 x", "a@x.example", 1)]);
     actions(&mut c);
-    c.agent_failed(
-        "retry",
-        Reason::new("4.3.0", "mail transport unavailable"),
-        now,
-    );
+    c.agent_failed("retry", now);
     let acts = actions(&mut c);
     assert!(acts.contains(&Action::Defer {
         msg: m1,
         recipients: vec![1],
         reason: Reason::new("4.3.0", "mail transport unavailable")
     }));
-    assert!(acts.contains(&Action::MessageDone { msg: m1 }));
-    let m2 = c.message_new(now);
-    let err = c
-        .assign(
-            m2,
-            Assignment {
-                transport: "retry",
-                nexthop: "4.3.0 y",
-                address: b"b@y",
-                flush_each: false,
-                rcpt: 2,
-            },
-            now,
-        )
-        .unwrap_err();
-    assert_eq!(err.0, 2);
+    assert!(acts.contains(&done(m1)));
+    let m2 = c.message_new(ScanFlags::START, now);
+    let out = assign(&mut c, m2, now, &[("retry", "4.3.0 y", "b@y", 2)]);
+    assert_eq!(
+        out.defer,
+        vec![(2, Reason::new("4.3.0", "mail transport unavailable"))]
+    );
     c.check_invariants().unwrap();
 }
 
@@ -309,11 +323,7 @@ fn enable_all_revives_everything() {
     let mut c = core(now);
     message(&mut c, now, &[("smtp", "d.example", "a@d.example", 1)]);
     actions(&mut c);
-    c.agent_failed(
-        "smtp",
-        Reason::new("4.3.0", "mail transport unavailable"),
-        now,
-    );
+    c.agent_failed("smtp", now);
     assert!(c.transport_dead("smtp"));
     c.enable_all();
     assert!(!c.transport_dead("smtp"));
@@ -323,32 +333,26 @@ fn enable_all_revives_everything() {
 fn large_message_is_read_in_slices() {
     let now = Instant::now();
     let mut c = core(now);
-    let m = c.message_new(now);
+    let m = c.message_new(ScanFlags::START, now);
     // First read: qmgr_message_recipient_limit - in core, capped at 5000.
     assert_eq!(c.read_limit(m), 5000);
-    c.batch_read(m, 15000, true, false, now);
-    for i in 0..5000 {
-        c.assign(
-            m,
-            Assignment {
-                transport: "smtp",
-                nexthop: "big.example",
-                address: b"a@big.example",
-                flush_each: false,
-                rcpt: i,
-            },
-            now,
-        )
-        .unwrap();
-    }
-    c.assigned(m);
+    let facts = MessageFacts {
+        rcpt_unread: 15000,
+        more: true,
+        ..MessageFacts::default()
+    };
+    c.batch_read(m, facts, now);
+    let batch: Vec<(&str, &str, &str, u32)> = (0..5000)
+        .map(|i| ("smtp", "big.example", "a@big.example", i))
+        .collect();
+    assign(&mut c, m, now, &batch);
     assert_eq!(c.recipient_count(), 5000);
     // The job got the transport's whole pool: more may be read at once.
     let e = c.agent_ready("smtp", now).unwrap();
     let acts = actions(&mut c);
     assert!(acts.contains(&Action::Refill { msg: m }), "{acts:?}");
     assert!(c.read_limit(m) > 0);
-    c.delivery_done(e, Outcome::OK, now);
+    c.delivery_done(e, AgentReply::OK, now);
     c.check_invariants().unwrap();
 }
 
@@ -409,7 +413,7 @@ fn preemption_lets_a_small_message_overtake_a_big_list() {
         let mut p = sim_params(1);
         let sim = Sim::new(
             settings,
-            Box::new(move |n| TransportParams { slot_cost, ..p(n) }),
+            Box::new(move |n: &str| TransportParams { slot_cost, ..p(n) }),
             workload,
             dests(&[("slow.example", 1000, None)]),
             HashMap::new(),
@@ -625,76 +629,143 @@ fn transport_rate_delay_spaces_all_deliveries_of_the_transport() {
     }
 }
 
-/// Collects the text of log events emitted while `f` runs.
-fn captured_log(f: impl FnOnce()) -> Vec<String> {
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::layer::SubscriberExt;
-    struct Capture(Arc<Mutex<Vec<String>>>);
-    struct Text(String);
-    impl tracing::field::Visit for Text {
-        fn record_debug(&mut self, _: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-            self.0 = format!("{v:?}");
-        }
-    }
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-        fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-            let mut t = Text(String::new());
-            e.record(&mut t);
-            self.0.lock().unwrap().push(t.0);
-        }
-    }
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = tracing_subscriber::registry().with(Capture(lines.clone()));
-    tracing::subscriber::with_default(subscriber, f);
-    let out = lines.lock().unwrap().clone();
-    out
-}
-
 #[test]
-fn clog_warning_when_one_destination_fills_the_active_queue() {
+fn clog_event_when_one_destination_fills_the_active_queue() {
     let now = Instant::now();
-    let lines = captured_log(|| {
-        let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
-        settings.active_limit = 10;
-        let mut c: Scheduler<u32> = Scheduler::new(settings, Box::new(params_for), now);
-        for i in 0..4 {
-            message(
-                &mut c,
-                now,
-                &[("smtp", "clog.example", "a@clog.example", i)],
-            );
-        }
-    });
+    let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
+    settings.active_limit = 10;
+    let mut c: Core<u32> = Core::new(settings, Box::new(params_for), now);
+    for i in 0..4 {
+        message(
+            &mut c,
+            now,
+            &[("smtp", "clog.example", "a@clog.example", i)],
+        );
+    }
+    let clogs: Vec<Event> = events(&mut c)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Clogged { .. }))
+        .collect();
+    // Once per qmgr_clog_warn_time, at the third entry (3 > 10 / 5).
     assert_eq!(
-        lines[0],
-        "mail for clog.example is using up 3 of 3 active queue entries"
-    );
-    assert!(lines
-        .iter()
-        .any(|l| l == "to turn off these warnings specify: qmgr_clog_warn_time = 0"));
-    // Once per qmgr_clog_warn_time.
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("mail for")).count(),
-        1
+        clogs,
+        vec![Event::Clogged {
+            transport: "smtp".into(),
+            nexthop: "clog.example".into(),
+            length: 3,
+            count: 3,
+            slows_others: false,
+            advice: ClogAdvice::Timeouts,
+        }]
     );
 }
 
 #[test]
-fn feedback_debug_lines() {
+fn feedback_events() {
     let now = Instant::now();
-    let lines = captured_log(|| {
-        let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
-        settings.feedback_debug = true;
-        let mut c: Scheduler<u32> = Scheduler::new(settings, Box::new(params_for), now);
-        message(&mut c, now, &[("smtp", "d.example", "a@d.example", 1)]);
-        let e = c.agent_ready("smtp", now).unwrap();
-        c.delivery_done(e, Outcome::OK, now);
-    });
+    let mut c = core(now);
+    message(&mut c, now, &[("smtp", "d.example", "a@d.example", 1)]);
+    let e = c.agent_ready("smtp", now).unwrap();
+    events(&mut c);
+    c.delivery_done(e, AgentReply::OK, now);
+    let got = events(&mut c);
     assert_eq!(
-        lines,
-        vec![
-            "qmgr_queue_unthrottle: feedback 1".to_string(),
-            "qmgr_queue_unthrottle: queue d.example: limit 20 window 6 success 0 failure 0 fail_cohorts 0".to_string(),
+        got[..2],
+        [
+            Event::Feedback {
+                func: FeedbackFn::Unthrottle,
+                transport: "smtp".into(),
+                value: 1.0
+            },
+            Event::Window {
+                func: FeedbackFn::Unthrottle,
+                transport: "smtp".into(),
+                queue: "d.example".into(),
+                limit: 20,
+                window: 6,
+                success: 0.0,
+                failure: 0.0,
+                fail_cohorts: 0.0
+            },
         ]
     );
+    assert!(matches!(got[2], Event::Delivered { recipients: 1, .. }));
+}
+
+#[test]
+fn dead_destination_and_transport_events_and_snapshot() {
+    let now = Instant::now();
+    let mut c = core(now);
+    for i in 0..3 {
+        message(
+            &mut c,
+            now,
+            &[("smtp", "dead.example", "a@dead.example", i)],
+        );
+    }
+    message(&mut c, now, &[("slow", "r.example", "b@r.example", 9)]);
+    for _ in 0..3 {
+        let e = c.agent_ready("smtp", now).unwrap();
+        c.delivery_done(e, hop_failure("4.4.1", "refused"), now);
+    }
+    let until = now + Duration::from_secs(300);
+    assert!(events(&mut c).contains(&Event::QueueDead {
+        transport: "smtp".into(),
+        queue: "dead.example".into(),
+        reason: Reason::new("4.4.1", "delivery temporarily suspended: refused"),
+        until,
+    }));
+    let e = c.agent_ready("slow", now).unwrap();
+    c.delivery_done(e, AgentReply::OK, now);
+    let snap = c.snapshot(now);
+    assert_eq!((snap.messages, snap.recipients), (4, 0));
+    let dead = snap.queue("smtp", "dead.example").unwrap();
+    assert_eq!(dead.window, 0);
+    assert_eq!(dead.dead.as_ref().unwrap().until, Some(until));
+    assert_eq!(
+        snap.queue("slow", "r.example").unwrap().resumes,
+        Some(now + Duration::from_secs(1))
+    );
+    c.agent_failed("smtp", now);
+    assert!(events(&mut c)
+        .iter()
+        .any(|e| matches!(e, Event::TransportDead { transport, .. } if &**transport == "smtp")));
+    let snap = c.snapshot(now);
+    assert!(snap.transport("smtp").unwrap().dead.is_some());
+    c.handle_timeout(now + Duration::from_secs(60));
+    assert!(events(&mut c).contains(&Event::TransportRevived {
+        transport: "smtp".into()
+    }));
+}
+
+#[test]
+fn snapshot_shows_where_each_recipient_stands() {
+    let now = Instant::now();
+    let mut c = core(now);
+    let m1 = message(&mut c, now, &[("smtp", "a.example", "x@a.example", 1)]);
+    let m2 = message(
+        &mut c,
+        now,
+        &[
+            ("smtp", "a.example", "y@a.example", 2),
+            ("smtp", "b.example", "z@b.example", 3),
+        ],
+    );
+    let e = c.agent_ready("smtp", now).unwrap();
+    assert_eq!(c.entry(e).msg, m1);
+    let snap = c.snapshot(now);
+    let v1 = snap.message(m1).unwrap();
+    assert!(v1.entries[0].busy);
+    let v2 = snap.message(m2).unwrap();
+    let a = v2
+        .entries
+        .iter()
+        .find(|e| &*e.queue == "a.example")
+        .unwrap();
+    assert_eq!((a.busy, a.ahead, a.recipients.clone()), (false, 0, vec![2]));
+    assert_eq!(snap.queue("smtp", "a.example").unwrap().busy, 1);
+    assert_eq!(snap.jobs.len(), 2);
+    // m1's job has nothing left in core: retired; m2's is current.
+    assert!(snap.jobs.iter().any(|j| j.msg == m1 && j.stack_level == -1));
+    assert!(snap.jobs.iter().any(|j| j.msg == m2 && j.current));
 }

@@ -1,6 +1,5 @@
 //! Concurrency feedback values (`qmgr/qmgr_feedback.c`): a constant `N`,
 //! a fraction `N/M`, or `N/concurrency` (divided by the current window).
-//! Values outside [0, 1] are replaced by 1 with Postfix's warning.
 
 /// A parsed `_destination_concurrency_{positive,negative}_feedback` value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -9,18 +8,26 @@ pub struct Feedback {
     per_concurrency: bool,
 }
 
+/// A feedback value that is malformed or outside [0, 1]; Postfix warns and
+/// uses 1 (`qmgr_feedback_init`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ignoring malformed or unreasonable feedback: {0}")]
+pub struct BadFeedback(pub String);
+
 impl Feedback {
-    /// Parses `text`; `name` is the parameter named in the warning.
-    pub fn parse(text: &str, name: &str) -> Feedback {
+    /// The value Postfix falls back to: a constant 1.
+    pub const ONE: Feedback = Feedback {
+        base: 1.0,
+        per_concurrency: false,
+    };
+
+    /// Parses `text`.
+    ///
+    /// Errors: [`BadFeedback`] for a malformed value or one outside [0, 1].
+    pub fn parse(text: &str) -> Result<Feedback, BadFeedback> {
         match Self::try_parse(text) {
-            Some(f) if (0.0..=1.0).contains(&f.base) => f,
-            _ => {
-                tracing::warn!("{name}: ignoring malformed or unreasonable feedback: {text}");
-                Feedback {
-                    base: 1.0,
-                    per_concurrency: false,
-                }
-            }
+            Some(f) if (0.0..=1.0).contains(&f.base) => Ok(f),
+            _ => Err(BadFeedback(text.to_string())),
         }
     }
 
@@ -71,11 +78,12 @@ mod tests {
 
     #[test]
     fn syntaxes() {
-        assert_eq!(Feedback::parse("1", "x").value(5), 1.0);
-        assert_eq!(Feedback::parse("1/4", "x").value(5), 0.25);
-        assert_eq!(Feedback::parse("1/concurrency", "x").value(4), 0.25);
-        assert_eq!(Feedback::parse("2", "x").value(5), 1.0);
-        assert_eq!(Feedback::parse("junk", "x").value(5), 1.0);
-        assert_eq!(Feedback::parse("1 / 2", "x").value(5), 0.5);
+        let v = |t: &str| Feedback::parse(t).map(|f| f.value(5));
+        assert_eq!(v("1"), Ok(1.0));
+        assert_eq!(v("1/4"), Ok(0.25));
+        assert_eq!(Feedback::parse("1/concurrency").unwrap().value(4), 0.25);
+        assert_eq!(v("1 / 2"), Ok(0.5));
+        assert!(v("2").is_err());
+        assert!(v("junk").is_err());
     }
 }

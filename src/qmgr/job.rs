@@ -1,51 +1,71 @@
-//! nqmgr's preemptive job scheduler (`qmgr/qmgr_job.c`, `qmgr/qmgr_peer.c`,
-//! the job parts of `qmgr_entry.c` and `qmgr_message.c`).
+//! nqmgr's preemptive job scheduler (`qmgr/qmgr_job.c`, the job parts of
+//! `qmgr_entry.c` and `qmgr_message.c`).
 //!
-//! A job is one message's work for one transport; a peer is one job's work
-//! for one destination. Each transport keeps its jobs in arrival order
-//! (`job_bytime`) and in scheduling order (`job_list`), where a preempting
-//! job sits in front of the job it preempted. A job earns one delivery slot
-//! per delivery; a large job that has earned enough slots (with a loan) lets
-//! a smaller, longer-waiting job jump ahead and spend them. In-core
-//! recipients are budgeted per transport (`_recipient_limit`) and handed from
-//! job to job as the exact needs become known.
+//! A job is one message's work for one transport. Each transport keeps its
+//! jobs in arrival order (`job_bytime`) and in scheduling order
+//! (`job_list`), where a preempting job sits in front of the job it
+//! preempted. A job earns one delivery slot per delivery; a large job that
+//! has earned enough slots (with a loan) lets a smaller, longer-waiting job
+//! jump ahead and spend them. In-core recipients are budgeted per transport
+//! (`_recipient_limit`) and handed from job to job as the exact needs become
+//! known.
 
-use super::list::{List, NIL};
-use super::{Action, Job, MessageId, Peer, Scheduler};
+use super::list::List;
+use super::{Action, Core, EntryId, JobId, MessageId, PeerId, QueueId, TransportId};
 use std::collections::HashMap;
 use std::time::Instant;
 
-impl<R> Scheduler<R> {
+/// One message's work for one transport (`QMGR_JOB`).
+#[derive(Debug)]
+pub(super) struct Job {
+    pub(super) msg: MessageId,
+    pub(super) transport: TransportId,
+    pub(super) stack_parent: Option<JobId>,
+    pub(super) stack_children: Vec<JobId>,
+    /// -1: retired (not on the job lists); 0: top level; > 0: preempting.
+    pub(super) stack_level: i32,
+    pub(super) blocker_tag: u32,
+    pub(super) peers: List<PeerId>,
+    pub(super) peer_by_queue: HashMap<QueueId, PeerId>,
+    pub(super) slots_used: i64,
+    pub(super) slots_available: i64,
+    pub(super) selected_entries: i64,
+    pub(super) read_entries: i64,
+    pub(super) rcpt_count: i64,
+    pub(super) rcpt_limit: i64,
+}
+
+impl<R> Core<R> {
     /// `MAX_ENTRIES`: an upper bound of the job's entries.
-    fn max_entries(&self, job: u32) -> i64 {
+    pub(super) fn max_entries(&self, job: JobId) -> i64 {
         let j = &self.jobs[job];
         j.read_entries + self.messages[j.msg].rcpt_unread
     }
 
-    fn has_entries(&self, job: u32) -> bool {
+    pub(super) fn has_entries(&self, job: JobId) -> bool {
         let j = &self.jobs[job];
         j.selected_entries < j.read_entries
     }
 
-    fn is_blocker(&self, job: u32) -> bool {
+    pub(super) fn is_blocker(&self, job: JobId) -> bool {
         let j = &self.jobs[job];
-        j.blocker_tag == self.transports[j.transport as usize].blocker_tag
+        j.blocker_tag == self.transports[j.transport].blocker_tag
     }
 
-    fn reset_candidate_cache(&mut self, t: u32) {
-        self.transports[t as usize].candidate_cache_current = NIL;
+    fn reset_candidate_cache(&mut self, t: TransportId) {
+        self.transports[t].candidate_cache_current = None;
     }
 
     /// Finds or creates the job of `msg` on transport `t` and links it onto
     /// the job lists (`qmgr_job_obtain`).
-    pub(super) fn job_obtain(&mut self, msg: u32, t: u32) -> u32 {
+    pub(super) fn job_obtain(&mut self, msg: MessageId, t: TransportId) -> JobId {
         let job = match self.job_by_key.get(&(msg, t)) {
             Some(&j) => j,
             None => {
                 let j = self.jobs.insert(Job {
                     msg,
                     transport: t,
-                    stack_parent: NIL,
+                    stack_parent: None,
                     stack_children: Vec::new(),
                     stack_level: -1,
                     blocker_tag: 0,
@@ -69,29 +89,28 @@ impl<R> Scheduler<R> {
         self.reset_candidate_cache(t);
         if self.is_blocker(job) {
             self.jobs[job].blocker_tag = 0;
-            self.transports[t as usize].job_current =
-                self.transports[t as usize].job_list.first().unwrap_or(NIL);
+            self.transports[t].job_current = self.transports[t].job_list.first();
         }
         job
     }
 
     /// Links a job onto both job lists in arrival order (`qmgr_job_link`),
     /// and gives it the transport's unused recipient slots.
-    fn job_link(&mut self, job: u32) {
-        let t = self.jobs[job].transport as usize;
+    fn job_link(&mut self, job: JobId) {
+        let t = self.jobs[job].transport;
         let msg = self.jobs[job].msg;
         let queued = self.messages[msg].queued_time;
         // Scheduling list: from the end, stop at an older top-level job.
         let mut current = self.transports[t].job_current;
         let (mut prev, mut next) = (self.transports[t].job_list.last(), None);
         while let Some(p) = prev {
-            if self.jobs[p].stack_parent == NIL
+            if self.jobs[p].stack_parent.is_none()
                 && queued >= self.messages[self.jobs[p].msg].queued_time
             {
                 break;
             }
-            if current == p {
-                current = NIL;
+            if current == Some(p) {
+                current = None;
             }
             next = Some(p);
             prev = self.job_list_links.prev(p);
@@ -104,8 +123,8 @@ impl<R> Scheduler<R> {
             if queued >= self.messages[self.jobs[p].msg].queued_time {
                 break;
             }
-            if unread == p {
-                unread = NIL;
+            if unread == Some(p) {
+                unread = None;
             }
             next = Some(p);
             prev = self.job_time_links.prev(p);
@@ -116,13 +135,12 @@ impl<R> Scheduler<R> {
             .link_between(&mut self.job_list_links, list_prev, job, list_next);
         tr.job_bytime
             .link_between(&mut self.job_time_links, prev, job, next);
-        if current == NIL {
-            tr.job_current = job;
+        if current.is_none() {
+            tr.job_current = Some(job);
         }
-        if unread == NIL {
-            let old = tr.job_next_unread;
-            tr.job_next_unread = job;
-            if old != NIL {
+        if unread.is_none() {
+            let old = tr.job_next_unread.replace(job);
+            if let Some(old) = old {
                 self.job_move_limits(old);
             }
         }
@@ -138,19 +156,19 @@ impl<R> Scheduler<R> {
     /// Returns a job's unused recipient slots to the transport and hands them
     /// to the next job whose message still has unread recipients
     /// (`qmgr_job_move_limits`).
-    pub(super) fn job_move_limits(&mut self, job: u32) {
-        let t = self.jobs[job].transport as usize;
+    pub(super) fn job_move_limits(&mut self, job: JobId) {
+        let t = self.jobs[job].transport;
         let msg = self.jobs[job].msg;
         let mut next = self.transports[t].job_next_unread;
-        if job == next {
-            let mut cur = self.job_time_links.next(next);
+        if next == Some(job) {
+            let mut cur = self.job_time_links.next(job);
             while let Some(c) = cur {
                 if self.messages[self.jobs[c].msg].more {
                     break;
                 }
                 cur = self.job_time_links.next(c);
             }
-            next = cur.unwrap_or(NIL);
+            next = cur;
             self.transports[t].job_next_unread = next;
         }
         let j = &self.jobs[job];
@@ -161,7 +179,7 @@ impl<R> Scheduler<R> {
             self.messages[msg].rcpt_limit -= unused;
             self.transports[t].rcpt_unused += unused;
             let pool = self.transports[t].rcpt_unused;
-            if next != NIL && pool > 0 {
+            if let Some(next) = next.filter(|_| pool > 0) {
                 let nmsg = self.jobs[next].msg;
                 self.jobs[next].rcpt_limit += pool;
                 self.messages[nmsg].rcpt_limit += pool;
@@ -172,7 +190,7 @@ impl<R> Scheduler<R> {
 
     /// When an entry of `job` finishes, sponsors of its message give back
     /// their slots first (`qmgr_entry_done`).
-    pub(super) fn return_sponsored_slots(&mut self, msg: u32, job: u32) {
+    pub(super) fn return_sponsored_slots(&mut self, msg: MessageId, job: JobId) {
         let more = self.messages[msg].more;
         for sponsor in self.messages[msg].jobs.clone() {
             let s = &self.jobs[sponsor];
@@ -189,10 +207,10 @@ impl<R> Scheduler<R> {
     }
 
     /// Children of `job` get `parent` as their new parent (`qmgr_job_parent_gone`).
-    fn job_parent_gone(&mut self, job: u32, parent: u32) {
+    fn job_parent_gone(&mut self, job: JobId, parent: Option<JobId>) {
         let children = std::mem::take(&mut self.jobs[job].stack_children);
         for child in children {
-            if parent != NIL {
+            if let Some(parent) = parent {
                 self.jobs[parent].stack_children.push(child);
             }
             self.jobs[child].stack_parent = parent;
@@ -200,28 +218,26 @@ impl<R> Scheduler<R> {
     }
 
     /// Takes a job off both job lists (`qmgr_job_unlink`).
-    fn job_unlink(&mut self, job: u32) {
-        let t = self.jobs[job].transport as usize;
-        self.job_parent_gone(job, NIL);
-        if self.transports[t].job_current == job {
-            self.transports[t].job_current = self.job_list_links.next(job).unwrap_or(NIL);
-        }
-        if job == self.transports[t].candidate_cache
-            || job == self.transports[t].candidate_cache_current
-        {
-            self.transports[t].candidate_cache_current = NIL;
+    fn job_unlink(&mut self, job: JobId) {
+        let t = self.jobs[job].transport;
+        self.job_parent_gone(job, None);
+        if self.transports[t].job_current == Some(job) {
+            self.transports[t].job_current = self.job_list_links.next(job);
         }
         let tr = &mut self.transports[t];
+        if tr.candidate_cache == Some(job) || tr.candidate_cache_current == Some(job) {
+            tr.candidate_cache_current = None;
+        }
         tr.job_list.remove(&mut self.job_list_links, job);
         tr.job_bytime.remove(&mut self.job_time_links, job);
-        if tr.candidate_cache == job {
-            tr.candidate_cache = NIL;
+        if tr.candidate_cache == Some(job) {
+            tr.candidate_cache = None;
         }
         self.jobs[job].stack_level = -1;
     }
 
     /// Retires a job until it gets more entries (`qmgr_job_retire`).
-    fn job_retire(&mut self, job: u32) {
+    fn job_retire(&mut self, job: JobId) {
         if self.jobs[job].stack_level > 0 {
             self.job_pop(job);
         }
@@ -230,7 +246,7 @@ impl<R> Scheduler<R> {
     }
 
     /// Releases a job with its message (`qmgr_job_free`).
-    pub(super) fn job_free(&mut self, job: u32) {
+    pub(super) fn job_free(&mut self, job: JobId) {
         if self.jobs[job].stack_level > 0 {
             self.job_pop(job);
         }
@@ -238,9 +254,9 @@ impl<R> Scheduler<R> {
         if self.jobs[job].stack_level >= 0 {
             self.job_unlink(job);
         }
-        let t = self.jobs[job].transport as usize;
-        if self.transports[t].job_next_unread == job {
-            self.transports[t].job_next_unread = NIL;
+        let t = self.jobs[job].transport;
+        if self.transports[t].job_next_unread == Some(job) {
+            self.transports[t].job_next_unread = None;
         }
         let j = self.jobs.remove(job);
         self.job_by_key.remove(&(j.msg, j.transport));
@@ -248,69 +264,29 @@ impl<R> Scheduler<R> {
 
     /// Takes a job off its preemption stack (`qmgr_job_pop`): the parent
     /// gets back the slots the job did not use.
-    fn job_pop(&mut self, job: u32) {
-        let t = self.jobs[job].transport as usize;
+    fn job_pop(&mut self, job: JobId) {
+        let t = self.jobs[job].transport;
         let cost = self.transports[t].params.slot_cost;
         let parent = self.jobs[job].stack_parent;
-        if parent != NIL && self.jobs[job].stack_level == self.jobs[parent].stack_level + 1 {
-            let used = self.jobs[job].slots_used;
-            self.jobs[parent].slots_available -= used * cost;
-        }
-        if parent != NIL {
+        if let Some(parent) = parent {
+            if self.jobs[job].stack_level == self.jobs[parent].stack_level + 1 {
+                let used = self.jobs[job].slots_used;
+                self.jobs[parent].slots_available -= used * cost;
+            }
             self.jobs[parent].stack_children.retain(|&c| c != job);
-            self.jobs[job].stack_parent = NIL;
+            self.jobs[job].stack_parent = None;
         }
         self.job_parent_gone(job, parent);
         self.jobs[job].stack_level = 0;
-        self.reset_candidate_cache(t as u32);
-    }
-
-    pub(super) fn peer_obtain(&mut self, job: u32, q: u32) -> u32 {
-        if let Some(&p) = self.jobs[job].peer_by_queue.get(&q) {
-            return p;
-        }
-        let p = self.peers.insert(Peer {
-            job,
-            queue: q,
-            entries: List::default(),
-            refcount: 0,
-        });
-        self.jobs[job].peers.push_back(&mut self.peer_links, p);
-        self.jobs[job].peer_by_queue.insert(q, p);
-        p
-    }
-
-    pub(super) fn peer_free(&mut self, p: u32) {
-        let peer = self.peers.remove(p);
-        if let Some(job) = self.jobs.get_mut(peer.job) {
-            job.peers.remove(&mut self.peer_links, p);
-            job.peer_by_queue.remove(&peer.queue);
-        }
-    }
-
-    /// The first peer of `job` whose destination can take another delivery,
-    /// rotated to the end (`qmgr_peer_select`).
-    fn peer_select(&mut self, job: u32) -> Option<u32> {
-        let mut cur = self.jobs[job].peers.first();
-        while let Some(p) = cur {
-            cur = self.peer_links.next(p);
-            let queue = &self.queues[self.peers[p].queue];
-            if queue.window > queue.busy && !self.peers[p].entries.is_empty() {
-                self.jobs[job].peers.rotate_to_back(&mut self.peer_links, p);
-                return Some(p);
-            }
-        }
-        None
+        self.reset_candidate_cache(t);
     }
 
     /// Asks the shell for more recipients of `msg`, once.
-    fn request_refill(&mut self, msg: u32) {
+    fn request_refill(&mut self, msg: MessageId) {
         let m = &mut self.messages[msg];
         if !m.refill_pending {
             m.refill_pending = true;
-            self.actions.push_back(Action::Refill {
-                msg: MessageId(msg),
-            });
+            self.actions.push_back(Action::Refill { msg });
         }
     }
 
@@ -318,9 +294,9 @@ impl<R> Scheduler<R> {
     /// enough slots are free (or enough time passed), then pick a peer.
     /// Reading is asynchronous here: a refill requested now shows up as new
     /// entries in a later selection.
-    fn job_peer_select(&mut self, job: u32, now: Instant) -> Option<u32> {
+    fn job_peer_select(&mut self, job: JobId, now: Instant) -> Option<PeerId> {
         let msg = self.jobs[job].msg;
-        let t = self.jobs[job].transport as usize;
+        let t = self.jobs[job].transport;
         let secs = self.secs(now);
         let m = &self.messages[msg];
         let refill_limit = self.transports[t].params.refill_limit;
@@ -347,39 +323,36 @@ impl<R> Scheduler<R> {
 
     /// Selects the entry to hand to a ready agent of transport `t`
     /// (`qmgr_job_entry_select`), possibly preempting the current job.
-    pub(super) fn job_entry_select(&mut self, t: u32, now: Instant) -> Option<u32> {
-        let tu = t as usize;
-        let mut job = self.transports[tu].job_current;
-        if job == NIL {
-            return None;
-        }
-        if self.transports[tu].params.slot_cost >= 2 {
+    pub(super) fn job_entry_select(&mut self, t: TransportId, now: Instant) -> Option<EntryId> {
+        let mut job = self.transports[t].job_current?;
+        if self.transports[t].params.slot_cost >= 2 {
             job = self.job_preempt(job, now);
         }
-        while job != NIL {
-            let next = self.job_list_links.next(job).unwrap_or(NIL);
+        let mut cur = Some(job);
+        while let Some(job) = cur {
+            let next = self.job_list_links.next(job);
             if self.is_blocker(job) {
-                job = next;
+                cur = next;
                 continue;
             }
             if let Some(p) = self.job_peer_select(job, now) {
                 let e = self.peers[p].entries.first().expect("peer with entries");
                 self.select_entry(e, now);
                 self.job_count_slots(job);
-                self.transports[tu].job_current = job;
+                self.transports[t].job_current = Some(job);
                 if !self.has_entries(job) && !self.messages[self.jobs[job].msg].more {
                     self.job_retire(job);
                 }
                 return Some(e);
             } else if self.has_entries(job) {
                 // Blocked by concurrency limits: mark the job and its queues.
-                let tag = self.transports[tu].blocker_tag;
+                let tag = self.transports[t].blocker_tag;
                 self.jobs[job].blocker_tag = tag;
-                let mut cur = self.jobs[job].peers.first();
-                while let Some(p) = cur {
-                    cur = self.peer_links.next(p);
-                    if !self.peers[p].entries.is_empty() {
-                        let q = self.peers[p].queue;
+                let mut p = self.jobs[job].peers.first();
+                while let Some(peer) = p {
+                    p = self.peer_links.next(peer);
+                    if !self.peers[peer].entries.is_empty() {
+                        let q = self.peers[peer].queue;
                         self.queues[q].blocker_tag = tag;
                     }
                 }
@@ -387,18 +360,18 @@ impl<R> Scheduler<R> {
                 // Stalled: no entries in core for this transport right now.
                 self.job_retire(job);
             }
-            job = next;
+            cur = next;
         }
-        self.transports[tu].job_current = NIL;
+        self.transports[t].job_current = None;
         None
     }
 
     /// One more delivery slot for `job` (`qmgr_job_count_slots`).
-    fn job_count_slots(&mut self, job: u32) {
+    fn job_count_slots(&mut self, job: JobId) {
         self.jobs[job].slots_available += 1;
         self.jobs[job].slots_used += 1;
         let t = self.jobs[job].transport;
-        if job != self.transports[t as usize].candidate_cache_current {
+        if self.transports[t].candidate_cache_current != Some(job) {
             self.reset_candidate_cache(t);
         }
     }
@@ -406,19 +379,19 @@ impl<R> Scheduler<R> {
     /// The best job to preempt `current` with (`qmgr_job_candidate`): the
     /// highest waiting-time-per-recipient score among jobs that fit in the
     /// slots `current` can still accumulate. Cached per second.
-    fn job_candidate(&mut self, current: u32, now: Instant) -> u32 {
-        let t = self.jobs[current].transport as usize;
+    fn job_candidate(&mut self, current: JobId, now: Instant) -> Option<JobId> {
+        let t = self.jobs[current].transport;
         let secs = self.secs(now);
         let tr = &self.transports[t];
-        if tr.candidate_cache_current == current
-            && (tr.candidate_cache_time == secs || tr.candidate_cache == NIL)
+        if tr.candidate_cache_current == Some(current)
+            && (tr.candidate_cache_time == secs || tr.candidate_cache.is_none())
         {
             return tr.candidate_cache;
         }
         let cost = tr.params.slot_cost.max(1);
         let c = &self.jobs[current];
         let max_slots = (c.read_entries - c.selected_entries + c.slots_available) / cost;
-        let mut best = NIL;
+        let mut best = None;
         let mut best_score = 0.0f64;
         if max_slots > 0 {
             let mut cur = self.job_list_links.next(current);
@@ -434,7 +407,7 @@ impl<R> Scheduler<R> {
                     let score = delay as f64 / max_total as f64;
                     if score > best_score {
                         best_score = score;
-                        best = job;
+                        best = Some(job);
                     }
                 }
                 if delay as f64 <= best_score && self.jobs[job].stack_level == 0 {
@@ -444,15 +417,15 @@ impl<R> Scheduler<R> {
         }
         let tr = &mut self.transports[t];
         tr.candidate_cache = best;
-        tr.candidate_cache_current = current;
+        tr.candidate_cache_current = Some(current);
         tr.candidate_cache_time = secs;
         best
     }
 
     /// Preempts `current` with a better candidate if it has accumulated
     /// enough slots (`qmgr_job_preempt`). Returns the job to start with.
-    fn job_preempt(&mut self, current: u32, now: Instant) -> u32 {
-        let t = self.jobs[current].transport as usize;
+    fn job_preempt(&mut self, current: JobId, now: Instant) -> JobId {
+        let t = self.jobs[current].transport;
         let p = &self.transports[t].params;
         let (cost, loan, factor, min_slots, per_stack) = (
             p.slot_cost,
@@ -464,10 +437,9 @@ impl<R> Scheduler<R> {
         if self.jobs[current].slots_available <= 0 || self.max_entries(current) < min_slots * cost {
             return current;
         }
-        let job = self.job_candidate(current, now);
-        if job == NIL || job == current {
+        let Some(job) = self.job_candidate(current, now).filter(|&j| j != current) else {
             return current;
-        }
+        };
         let expected = self.max_entries(job) - self.jobs[job].selected_entries;
         if ((self.jobs[current].slots_available / cost + loan) as f64)
             < expected as f64 * factor as f64 / 100.0
@@ -483,12 +455,12 @@ impl<R> Scheduler<R> {
         let prev = self.job_list_links.prev(current);
         tr.job_list
             .link_between(&mut self.job_list_links, prev, job, Some(current));
-        self.jobs[job].stack_parent = current;
+        self.jobs[job].stack_parent = Some(current);
         self.jobs[current].stack_children.push(job);
         self.jobs[job].stack_level = self.jobs[current].stack_level + 1;
         let tr = &mut self.transports[t];
-        tr.job_current = job;
-        tr.candidate_cache_current = NIL;
+        tr.job_current = Some(job);
+        tr.candidate_cache_current = None;
         self.jobs[current].slots_available -= expected * cost;
         self.jobs[job].slots_used = -expected;
         let msg = self.jobs[job].msg;
@@ -504,8 +476,8 @@ impl<R> Scheduler<R> {
 
     /// A queue that blocked jobs may take deliveries again
     /// (`qmgr_job_blocker_update`): unmark every blocker at once.
-    pub(super) fn job_blocker_update(&mut self, q: u32) {
-        let t = self.queues[q].transport as usize;
+    pub(super) fn job_blocker_update(&mut self, q: QueueId) {
+        let t = self.queues[q].transport;
         if self.queues[q].blocker_tag != self.transports[t].blocker_tag {
             return;
         }
@@ -513,8 +485,8 @@ impl<R> Scheduler<R> {
         if queue.window > queue.busy && !queue.todo.is_empty() {
             let tr = &mut self.transports[t];
             tr.blocker_tag += 2;
-            tr.job_current = tr.job_list.first().unwrap_or(NIL);
-            tr.candidate_cache_current = NIL;
+            tr.job_current = tr.job_list.first();
+            tr.candidate_cache_current = None;
         }
         let queue = &mut self.queues[q];
         if queue.window > queue.busy || queue.window == 0 {

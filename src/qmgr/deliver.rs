@@ -1,0 +1,234 @@
+//! Delivery replies (`qmgr/qmgr_deliver.c`): what an agent's final reply
+//! means for the message and for the destination and transport
+//! (`qmgr_deliver_update`), and a request that could not even be written.
+//! Per-recipient results are in the bounce/defer/trace logs the agent
+//! wrote; the reply only says whether something must be retried and
+//! whether the destination itself failed.
+
+use super::event::Event;
+use super::{Core, EntryId, MessageId, Reason};
+use std::time::Instant;
+
+/// The text prefixed to a destination's failure reason when it is
+/// throttled (`SUSPENDED`).
+const SUSPENDED: &str = "delivery temporarily suspended: ";
+
+/// An agent's final reply as the core needs it (`deliver_request_final`:
+/// the hop DSN's status and reason, and the request status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentReply<'a> {
+    /// The agent replied.
+    Final {
+        /// 0: every recipient is finished; else some must be retried.
+        status: i32,
+        /// The hop status: empty unless the destination itself failed.
+        hop_status: &'a [u8],
+        /// The hop reason (empty: good news for the destination).
+        hop_reason: &'a [u8],
+    },
+    /// No usable reply: the agent died, timed out or spoke nonsense
+    /// (`DELIVER_STAT_CRASH`).
+    Crashed,
+}
+
+impl AgentReply<'static> {
+    /// Every recipient is finished, nothing to say about the destination.
+    pub const OK: AgentReply<'static> = AgentReply::Final {
+        status: 0,
+        hop_status: b"",
+        hop_reason: b"",
+    };
+    /// Some recipient must be retried; nothing to say about the destination
+    /// (error(8) as `retry`, or a recipient-level deferral).
+    pub const DEFERRED: AgentReply<'static> = AgentReply::Final {
+        status: -1,
+        hop_status: b"",
+        hop_reason: b"",
+    };
+}
+
+/// What a reply means (`qmgr_deliver_update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent replied. `retry`: some recipient must be retried. `hop`:
+    /// the destination itself failed (the reply's DSN status was set).
+    /// `reason_empty`: the reply's DSN reason was empty (positive feedback).
+    Replied {
+        retry: bool,
+        hop: Option<Reason>,
+        reason_empty: bool,
+    },
+    /// No usable reply.
+    Crashed,
+}
+
+impl Outcome {
+    /// A plain success.
+    pub const OK: Outcome = Outcome::Replied {
+        retry: false,
+        hop: None,
+        reason_empty: true,
+    };
+
+    /// Reads a reply (`qmgr_deliver_update`): a deferral with a DSN status
+    /// is a problem of the destination itself (an invalid status becomes
+    /// 4.0.0, an empty reason "unknown error"); a reply without a reason is
+    /// good news for the destination.
+    pub fn of(reply: AgentReply<'_>) -> Outcome {
+        match reply {
+            AgentReply::Crashed => Outcome::Crashed,
+            AgentReply::Final {
+                status,
+                hop_status,
+                hop_reason,
+            } => {
+                let retry = status != 0;
+                let hop = (retry && !hop_status.is_empty()).then(|| {
+                    let status = if crate::ipc::dsn_valid(hop_status) {
+                        String::from_utf8_lossy(hop_status).into_owned()
+                    } else {
+                        "4.0.0".into()
+                    };
+                    let text = if hop_reason.is_empty() {
+                        "unknown error".into()
+                    } else {
+                        String::from_utf8_lossy(hop_reason).into_owned()
+                    };
+                    Reason { status, text }
+                });
+                let reason_empty = hop.is_none() && hop_reason.is_empty();
+                Outcome::Replied {
+                    retry,
+                    hop,
+                    reason_empty,
+                }
+            }
+        }
+    }
+}
+
+impl<R> Core<R> {
+    /// The request for `e` could not be written: the entry goes back and the
+    /// transport is throttled like a failed connection (`qmgr_deliver`,
+    /// "4.3.0 mail transport unavailable").
+    pub fn write_failed(&mut self, e: EntryId, now: Instant) {
+        let t = self.queues[self.entries[e].queue].transport;
+        self.unselect_entry(e);
+        self.throttle_transport(t, Reason::new("4.3.0", "mail transport unavailable"), now);
+    }
+
+    /// An agent's reply to the request for `e` (`qmgr_deliver_update` +
+    /// `qmgr_entry_done`): feedback for the destination and the transport,
+    /// then the entry is released. Returns the entry's message and
+    /// recipients.
+    pub fn delivery_done(
+        &mut self,
+        e: EntryId,
+        reply: AgentReply<'_>,
+        now: Instant,
+    ) -> (MessageId, Vec<R>) {
+        let outcome = Outcome::of(reply);
+        let q = self.entries[e].queue;
+        let t = self.queues[q].transport;
+        let msg = self.entries[e].msg;
+        let crashed = outcome == Outcome::Crashed;
+        let (retry, hop, reason_empty) = match outcome.clone() {
+            Outcome::Crashed => (
+                true,
+                Some(Reason::new("4.3.0", "unknown mail transport error")),
+                false,
+            ),
+            Outcome::Replied {
+                retry,
+                hop,
+                reason_empty,
+            } => (retry, hop, reason_empty),
+        };
+        if retry {
+            self.messages[msg].retry = true;
+            if let Some(h) = &hop {
+                let reason = Reason::new(&h.status, &format!("{SUSPENDED}{}", h.text));
+                if self.queues[q].window > 0 {
+                    self.throttle_queue(q, &reason, now);
+                    if self.queues[q].window == 0 {
+                        self.defer_todo(q, &reason, now);
+                    }
+                }
+            }
+        }
+        if !crashed {
+            self.unthrottle_transport(t);
+            if reason_empty && hop.is_none() {
+                self.unthrottle_queue(q);
+            }
+        } else {
+            // Postfix leaves a crashed transport rate-locked until restart.
+            self.transports[t].rate_locked = false;
+        }
+        let event = Event::Delivered {
+            transport: self.transports[t].name.clone(),
+            queue: self.queues[q].name.clone(),
+            recipients: self.entries[e].recipients.len(),
+            outcome,
+        };
+        self.emit(event);
+        self.entry_done(e, true, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_like_qmgr_deliver_update() {
+        let ok = AgentReply::Final {
+            status: 0,
+            hop_status: b"",
+            hop_reason: b"",
+        };
+        assert_eq!(Outcome::of(ok), Outcome::OK);
+        let refused = AgentReply::Final {
+            status: -1,
+            hop_status: b"4.4.1",
+            hop_reason: b"connect refused",
+        };
+        assert_eq!(
+            Outcome::of(refused),
+            Outcome::Replied {
+                retry: true,
+                hop: Some(Reason::new("4.4.1", "connect refused")),
+                reason_empty: false
+            }
+        );
+        let odd = AgentReply::Final {
+            status: 1,
+            hop_status: b"x",
+            hop_reason: b"",
+        };
+        assert_eq!(
+            Outcome::of(odd),
+            Outcome::Replied {
+                retry: true,
+                hop: Some(Reason::new("4.0.0", "unknown error")),
+                reason_empty: false
+            }
+        );
+        // A recipient deferred by the agent with a reason but no hop
+        // status: no feedback either way for the destination.
+        let deferred = AgentReply::Final {
+            status: -1,
+            hop_status: b"",
+            hop_reason: b"mailbox full",
+        };
+        assert_eq!(
+            Outcome::of(deferred),
+            Outcome::Replied {
+                retry: true,
+                hop: None,
+                reason_empty: false
+            }
+        );
+        assert_eq!(Outcome::of(AgentReply::Crashed), Outcome::Crashed);
+    }
+}

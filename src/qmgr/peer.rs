@@ -1,0 +1,59 @@
+//! Peers (`qmgr/qmgr_peer.c`): one nqmgr job's work for one destination,
+//! the entries of that job waiting for that queue. A job's peers are served
+//! round robin.
+
+use super::list::List;
+use super::{Core, EntryId, JobId, PeerId, QueueId};
+
+/// One job's entries for one destination (`QMGR_PEER`).
+#[derive(Debug)]
+pub(super) struct Peer {
+    pub(super) job: JobId,
+    pub(super) queue: QueueId,
+    /// Entries not yet selected.
+    pub(super) entries: List<EntryId>,
+    /// Live entries (selected or not).
+    pub(super) refcount: u32,
+}
+
+impl<R> Core<R> {
+    /// The peer of `job` for queue `q`, created if new (`qmgr_peer_obtain`).
+    pub(super) fn peer_obtain(&mut self, job: JobId, q: QueueId) -> PeerId {
+        if let Some(&p) = self.jobs[job].peer_by_queue.get(&q) {
+            return p;
+        }
+        let p = self.peers.insert(Peer {
+            job,
+            queue: q,
+            entries: List::default(),
+            refcount: 0,
+        });
+        self.jobs[job].peers.push_back(&mut self.peer_links, p);
+        self.jobs[job].peer_by_queue.insert(q, p);
+        p
+    }
+
+    /// Releases a peer with no entries left (`qmgr_peer_free`).
+    pub(super) fn peer_free(&mut self, p: PeerId) {
+        let peer = self.peers.remove(p);
+        if let Some(job) = self.jobs.get_mut(peer.job) {
+            job.peers.remove(&mut self.peer_links, p);
+            job.peer_by_queue.remove(&peer.queue);
+        }
+    }
+
+    /// The first peer of `job` whose destination can take another delivery,
+    /// rotated to the end (`qmgr_peer_select`).
+    pub(super) fn peer_select(&mut self, job: JobId) -> Option<PeerId> {
+        let mut cur = self.jobs[job].peers.first();
+        while let Some(p) = cur {
+            cur = self.peer_links.next(p);
+            let queue = &self.queues[self.peers[p].queue];
+            if queue.window > queue.busy && !self.peers[p].entries.is_empty() {
+                self.jobs[job].peers.rotate_to_back(&mut self.peer_links, p);
+                return Some(p);
+            }
+        }
+        None
+    }
+}

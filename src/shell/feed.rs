@@ -1,0 +1,278 @@
+//! Feeding the active queue (`qmgr/qmgr.c:qmgr_loop`,
+//! `qmgr/qmgr_active.c:qmgr_active_feed`, `qmgr/qmgr_message.c:
+//! qmgr_message_alloc`, `qmgr_message_realloc`, `qmgr_message_read`, and the
+//! I/O of `qmgr_message_resolve`): take the next name from a scan, move the
+//! file into active, open and lock it, read a batch of recipients, resolve
+//! each with trivial-rewrite, and hand them to the core. Every decision on
+//! the way (whether a file is due, which flags it gets, how each recipient
+//! is looked up and routed) is the core's.
+
+use super::{Daemon, InCore};
+use crate::ipc::rewrite::Class;
+use crate::qfile::{self, ReadOptions, Recipient};
+use crate::qmgr::active::{feed_due, feed_flags, LOCKED_RETRY_DELAY};
+use crate::qmgr::message::resolve_order;
+use crate::qmgr::scan::ScanQueue;
+use crate::qmgr::{Lookup, MessageFacts, MessageId, Resolution};
+use crate::spool::{self, IfVanished, Lock, QueueFile};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+impl Daemon {
+    /// One feed attempt (`qmgr_loop`): try the scanners in the core's
+    /// order while the active queue has room. Returns whether any scanner
+    /// produced a name, and whether a message was fed from incoming.
+    pub(super) async fn feed_one(&mut self) -> (bool, bool) {
+        let mut produced = false;
+        let mut fed_incoming = false;
+        let mut last = None;
+        for q in self.feed_order.order() {
+            if !self.core.has_room() {
+                break;
+            }
+            last = Some(q);
+            if let Some(id) = self.scans.get(q).next_id() {
+                produced = true;
+                if self.feed(q, &id).await {
+                    fed_incoming = q == ScanQueue::Incoming;
+                    break;
+                }
+            }
+        }
+        self.feed_order.advance(last, self.core.has_room());
+        (produced, fed_incoming)
+    }
+
+    /// Moves one queue file into `active` and reads it into memory
+    /// (`qmgr_active_feed`). Returns true if the message was taken in.
+    async fn feed(&mut self, q: ScanQueue, id: &str) -> bool {
+        let scanner = self.scans.get(q);
+        let (queue, scan_flags) = (scanner.queue(), scanner.flags());
+        let Some(meta) = self.spool.open_ok(queue, id) else {
+            return false;
+        };
+        let mtime = meta.modified().map_or(0, system_secs);
+        if !feed_due(scan_flags, mtime, crate::now_secs()) {
+            return false;
+        }
+        if !self
+            .spool
+            .move_file(id, queue, spool::ACTIVE, IfVanished::Warn, || {
+                format!(
+                    "qmgr_active_feed: {id}: rename from {queue} to {}",
+                    spool::ACTIVE
+                )
+            })
+        {
+            return false;
+        }
+        let (qflags, new_mode) = feed_flags(scan_flags, meta.permissions().mode());
+        self.message_alloc(id, qflags, new_mode).await
+    }
+
+    /// Opens, locks and reads a message, resolves and assigns its first
+    /// batch of recipients (`qmgr_message_alloc`). A damaged file goes to
+    /// the corrupt queue; a file another process still delivers goes back
+    /// to incoming for a while.
+    async fn message_alloc(
+        &mut self,
+        id: &str,
+        qflags: crate::qmgr::ScanFlags,
+        new_mode: Option<u32>,
+    ) -> bool {
+        let Some(file) = QueueFile::open(&self.spool, id) else {
+            self.spool.save_corrupt(id);
+            return false;
+        };
+        if file.try_lock() == Lock::Busy {
+            tracing::info!("{id}: skipped, still being delivered");
+            drop(file);
+            self.spool.defer(
+                id,
+                spool::ACTIVE,
+                spool::INCOMING,
+                crate::now_secs(),
+                LOCKED_RETRY_DELAY,
+            );
+            return false;
+        }
+        let msg = self.core.message_new(qflags, Instant::now());
+        self.messages.insert(
+            msg,
+            InCore {
+                queue_id: id.to_string(),
+                env: Default::default(),
+                active_arrival: crate::now_timeval(),
+            },
+        );
+        let Ok(recipients) = self.read_recipients(msg, &file) else {
+            drop(file);
+            self.spool.save_corrupt(id);
+            // The message leaves the core with no entries and no steps.
+            self.core.message_rejected(msg);
+            self.messages.remove(&msg);
+            return false;
+        };
+        if let Some(mode) = new_mode {
+            file.set_mode(mode);
+        }
+        if self.core.wants_defer_log(msg) && self.spool.defer_log_nonempty(id) {
+            self.core.expire_from_defer_log(msg);
+            return true;
+        }
+        self.spool.reset_defer_log(id);
+        self.resolve_and_assign(msg, &file, recipients).await;
+        true
+    }
+
+    /// Reads the next batch of `msg`'s recipients from `file`, as many as
+    /// the core allows, and tells the core what the file says.
+    fn read_recipients(
+        &mut self,
+        msg: MessageId,
+        file: &QueueFile,
+    ) -> Result<Vec<Recipient>, qfile::Rejected> {
+        let limit = self.core.read_limit(msg);
+        let m = self.messages.get_mut(&msg).expect("message in core");
+        let opts = ReadOptions {
+            queue: spool::ACTIVE,
+            verp_filter: &self.verp_filter,
+            confirm_delay_cleared: self.params.confirm_delay_cleared,
+        };
+        let mut out = Vec::new();
+        qfile::read_batch(
+            file.file(),
+            file.size(),
+            &file.path().to_string_lossy(),
+            &m.queue_id,
+            &mut m.env,
+            limit,
+            &opts,
+            &mut out,
+        )?;
+        let env = &m.env;
+        let facts = MessageFacts {
+            rcpt_unread: env.rcpt_unread,
+            more: env.rcpt_offset > 0,
+            verp: env.verp_delims.is_some(),
+            redirect: env.redirect.is_some(),
+            create_time: env.create_time,
+            null_sender: env.sender.as_deref().is_none_or(<[u8]>::is_empty),
+            tflags: env.tflags,
+            notify_success: env.rflags & qfile::envelope::READ_FLAG_NOTIFY_SUCCESS != 0,
+            trace_record: env.tflags_offset != 0,
+            warn_time: env.warn_time,
+            warn_record: env.warn_offset != 0,
+        };
+        self.core.batch_read(msg, facts, Instant::now());
+        Ok(out)
+    }
+
+    /// Reads, resolves and assigns the next batch of a message already in
+    /// core (`qmgr_message_realloc`). Returns false if the file is gone or
+    /// damaged (the caller decides what that means).
+    pub(super) async fn read_more(&mut self, msg: MessageId) -> bool {
+        let Some(m) = self.messages.get(&msg) else {
+            return false;
+        };
+        let Some(file) = QueueFile::open(&self.spool, &m.queue_id) else {
+            return false;
+        };
+        match self.read_recipients(msg, &file) {
+            Ok(recipients) => {
+                self.resolve_and_assign(msg, &file, recipients).await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The core wants more recipients of `msg` in memory (nqmgr's refill,
+    /// oqmgr's read-ahead). A failure leaves the message as it is; its
+    /// completion will try again and move a damaged file to corrupt.
+    pub(super) async fn refill(&mut self, msg: MessageId) {
+        if !self.read_more(msg).await {
+            self.core.assigned(msg);
+        }
+    }
+
+    /// Finds each recipient's route as the core says (the resolver, a
+    /// redirect or the content filter) and hands the batch to the core
+    /// (`qmgr_message_resolve` + `qmgr_message_assign`); then carries out
+    /// what it hands back: double-bounce discards and deferrals.
+    async fn resolve_and_assign(
+        &mut self,
+        msg: MessageId,
+        file: &QueueFile,
+        mut recipients: Vec<Recipient>,
+    ) {
+        recipients.sort_by(|a, b| resolve_order(&a.address, &b.address));
+        let (sender, tflags, filter, redirect) = {
+            let env = &self.messages[&msg].env;
+            (
+                env.sender.clone().unwrap_or_default(),
+                env.tflags,
+                env.filter.clone(),
+                env.redirect.clone(),
+            )
+        };
+        let mut batch = Vec::with_capacity(recipients.len());
+        for (i, mut rcpt) in recipients.into_iter().enumerate() {
+            let lookup = self.core.lookup(
+                redirect.as_deref(),
+                filter.as_deref(),
+                tflags,
+                i,
+                &rcpt.address,
+            );
+            let res = match lookup {
+                Lookup::Skip => continue,
+                Lookup::Route { transport, nexthop } => Resolution {
+                    transport,
+                    nexthop,
+                    address: rcpt.address.clone(),
+                    flags: 0,
+                },
+                Lookup::Redirect { to, verify } => {
+                    let canonical = self.resolver.rewrite("local", to).await;
+                    self.resolve(verify, &sender, &canonical).await
+                }
+                Lookup::Resolve { verify } => self.resolve(verify, &sender, &rcpt.address).await,
+            };
+            rcpt.address.clone_from(&res.address);
+            batch.push((res, rcpt));
+        }
+        let assigned = self.core.assign_batch(msg, batch, Instant::now());
+        for rcpt in &assigned.discard {
+            self.discard_double_bounce(msg, file, rcpt).await;
+        }
+        for (rcpt, reason) in &assigned.defer {
+            self.defer_recipient(msg, rcpt, reason).await;
+        }
+    }
+
+    /// One resolver lookup (`qmgr_resolve_one`'s I/O); `verify` selects the
+    /// address verification tables.
+    async fn resolve(&mut self, verify: bool, sender: &[u8], address: &[u8]) -> Resolution {
+        let class = if verify {
+            Class::Verify
+        } else {
+            Class::Regular
+        };
+        let r = self.resolver.resolve(class, sender, address).await;
+        Resolution {
+            transport: String::from_utf8_lossy(&r.transport).into_owned(),
+            nexthop: String::from_utf8_lossy(&r.nexthop).into_owned(),
+            address: r.recipient,
+            flags: r.flags,
+        }
+    }
+}
+
+/// Seconds since the epoch of a file time.
+fn system_secs(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}

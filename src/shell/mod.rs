@@ -1,0 +1,284 @@
+//! The shell around the core (`qmgr/qmgr.c`): a single-threaded event loop
+//! that reads files and sockets, hands what it read to the core
+//! ([`crate::qmgr::Core`]), carries out the actions it gets back, and turns
+//! the core's events into Postfix's log lines. It decides nothing itself.
+//!
+//! - [`feed`]: scans, the move into active, reading and resolving a
+//!   message (`qmgr_active_feed`, `qmgr_message_alloc`, the I/O of
+//!   `qmgr_message_resolve`);
+//! - [`agent`]: delivery agent connections (`qmgr_transport_alloc`,
+//!   `qmgr_deliver`);
+//! - [`complete`]: the file operations and notices of completion
+//!   (`qmgr_active_done*`, `abounce.c`), and recipients qmgr defers or
+//!   discards itself (`qmgr_defer_recipient`, `sent`);
+//! - [`logging`]: events as log lines.
+//!
+//! Tasks (agent sessions, notices) run on the same thread and report back
+//! through one channel ([`Report`]).
+
+mod agent;
+mod complete;
+mod feed;
+pub mod logging;
+
+use crate::config::{MainCf, Params, TransportTable};
+use crate::ipc::bounce::Services;
+use crate::ipc::rewrite::Resolver;
+use crate::master::{Flow, TriggerBytes, Watchdog};
+use crate::qfile::{Envelope, Recipient};
+use crate::qmgr::scan::{FeedOrder, ScanQueue};
+use crate::qmgr::{Action, Core, Event, MessageId, ScanFlags, Settings, Strategy};
+use crate::spool::{self, Scanner, Spool};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What tasks report to the event loop.
+enum Report {
+    /// An agent announced itself and waits for a request.
+    AgentReady {
+        transport: String,
+        reply: tokio::sync::oneshot::Sender<Option<(crate::qmgr::EntryId, Vec<u8>)>>,
+    },
+    /// Connecting to an agent failed (already logged).
+    AgentFailed { transport: String },
+    /// Writing the request failed (already logged).
+    WriteFailed { entry: crate::qmgr::EntryId },
+    /// The agent replied (`None`: no usable reply).
+    Replied {
+        entry: crate::qmgr::EntryId,
+        reply: Option<crate::ipc::deliver::Reply>,
+    },
+    /// A completion notice (bounce, defer, trace) ended; `ok`: status 0.
+    Notified { msg: MessageId, ok: bool },
+}
+
+/// A message in memory: what the shell keeps of it (`QMGR_MESSAGE`'s file
+/// part); the core keeps the scheduling part under the same id.
+struct InCore {
+    queue_id: String,
+    env: Envelope,
+    /// When the message entered memory: (seconds, microseconds).
+    active_arrival: (i64, i64),
+}
+
+/// The two scanners, by queue.
+struct Scans {
+    incoming: Scanner,
+    deferred: Scanner,
+}
+
+impl Scans {
+    fn get(&mut self, q: ScanQueue) -> &mut Scanner {
+        match q {
+            ScanQueue::Incoming => &mut self.incoming,
+            ScanQueue::Deferred => &mut self.deferred,
+        }
+    }
+}
+
+/// The running queue manager.
+pub struct Daemon {
+    params: Params,
+    spool: Spool,
+    core: Core<Recipient>,
+    messages: HashMap<MessageId, InCore>,
+    scans: Scans,
+    feed_order: FeedOrder,
+    resolver: Resolver,
+    services: Services,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    verp_filter: Vec<u8>,
+}
+
+impl Daemon {
+    /// Builds the daemon from parsed parameters; `cf` serves the core's
+    /// per-transport lookups. Must run inside the queue directory.
+    pub fn new(params: Params, mut cf: MainCf, strategy: Strategy) -> Daemon {
+        let verp_filter = cf
+            .get_str("verp_delimiter_filter", "-=+", 1, 0)
+            .unwrap_or_else(|_| "-=+".into());
+        let core = Core::new(
+            Settings::from_params(&params, strategy),
+            Box::new(TransportTable::new(params.clone(), cf)),
+            Instant::now(),
+        );
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let ipc_timeout = Duration::from_secs(params.ipc_timeout as u64);
+        Daemon {
+            spool: Spool::new(&params.hash_queue_names, params.hash_queue_depth),
+            core,
+            messages: HashMap::new(),
+            scans: Scans {
+                incoming: Scanner::new(spool::INCOMING),
+                deferred: Scanner::new(spool::DEFERRED),
+            },
+            feed_order: FeedOrder::default(),
+            resolver: Resolver::new(
+                &params.rewrite_service_name,
+                ipc_timeout,
+                Duration::from_secs(params.ipc_idle as u64),
+                Duration::from_secs(params.ipc_ttl as u64),
+            ),
+            services: Services {
+                bounce: params.bounce_service_name.clone(),
+                defer: params.defer_service_name.clone(),
+                trace: params.trace_service_name.clone(),
+                timeout: ipc_timeout,
+                max_dig: params.delay_logging_resolution_limit as u32,
+            },
+            reports_tx,
+            reports_rx,
+            verp_filter: verp_filter.into_bytes(),
+            params,
+        }
+    }
+
+    /// Startup (`qmgr_post_init`): move `active` back to `incoming` (a
+    /// failure other than a vanished file is fatal), then request an
+    /// incoming and a deferred scan.
+    pub fn start(&mut self) {
+        spool::recover_active(&self.spool, crate::now_secs());
+        self.scans.incoming.request(ScanFlags::START);
+        self.scans.deferred.request(ScanFlags::START);
+    }
+
+    /// Handles one trigger: the core says what it asks of the scans
+    /// (`qmgr_trigger_event`).
+    pub fn trigger(&mut self, bytes: &[u8]) {
+        let r = self.core.trigger(bytes);
+        for _ in 0..r.ignored {
+            tracing::debug!("request ignored");
+        }
+        if !r.incoming.is_empty() {
+            self.scans.incoming.request(r.incoming);
+        }
+        if !r.deferred.is_empty() {
+            self.scans.deferred.request(r.deferred);
+        }
+        self.log_events();
+    }
+
+    /// Runs the event loop until the master goes away.
+    pub async fn run(
+        mut self,
+        mut triggers: mpsc::UnboundedReceiver<TriggerBytes>,
+        watchdog: Watchdog,
+    ) {
+        let master_gone = crate::master::master_gone();
+        tokio::pin!(master_gone);
+        let mut deferred_timer = tokio::time::interval(Duration::from_secs(
+            self.params.queue_run_delay.max(1) as u64,
+        ));
+        deferred_timer.tick().await; // the first tick is immediate; startup already requested a scan
+        let heartbeat = Duration::from_secs((self.params.qmgr_daemon_timeout as u64 / 3).max(1));
+        loop {
+            watchdog.pet();
+            while let Ok(r) = self.reports_rx.try_recv() {
+                self.on_report(r).await;
+            }
+            while let Ok(t) = triggers.try_recv() {
+                self.trigger(&t.0);
+            }
+            self.core.handle_timeout(Instant::now());
+            self.carry_out_actions().await;
+            let (produced, fed_incoming) = self.feed_one().await;
+            self.carry_out_actions().await;
+            if self.params.in_flow_delay > 0 {
+                Flow::regulate(
+                    self.params.default_process_limit as usize,
+                    fed_incoming,
+                    self.scans.incoming.in_progress(),
+                );
+            }
+            if produced {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let core_wake = self.core.poll_timeout();
+            let idle_wake = self.resolver.idle_deadline();
+            let sleep_until = [core_wake, idle_wake].into_iter().flatten().min();
+            let sleep = async {
+                match sleep_until {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => tokio::time::sleep(heartbeat).await,
+                }
+            };
+            tokio::select! {
+                r = self.reports_rx.recv() => {
+                    if let Some(r) = r { self.on_report(r).await; }
+                }
+                t = triggers.recv() => {
+                    match t {
+                        Some(t) => self.trigger(&t.0),
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+                _ = deferred_timer.tick() => {
+                    self.scans.deferred.request(ScanFlags::START);
+                }
+                _ = sleep => {
+                    self.resolver.close_if_idle(Instant::now());
+                }
+                _ = &mut master_gone => {
+                    tracing::debug!("master went away: exiting");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out everything the core asks for.
+    async fn carry_out_actions(&mut self) {
+        loop {
+            self.log_events();
+            let Some(action) = self.core.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Connect {
+                    transport,
+                    rate_delay,
+                } => self.spawn_agent(&transport, rate_delay),
+                Action::Refill { msg } => self.refill(msg).await,
+                Action::Defer {
+                    msg,
+                    recipients,
+                    reason,
+                } => {
+                    for rcpt in &recipients {
+                        self.defer_recipient(msg, rcpt, &reason).await;
+                    }
+                }
+                Action::Complete { msg, step } => self.completion_step(msg, step).await,
+            }
+        }
+    }
+
+    /// Logs what the core reported, and lets go of messages that left it.
+    fn log_events(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            logging::log_event(&event, self.core.settings());
+            if let Event::MessageFinished { msg, .. } = event {
+                self.messages.remove(&msg);
+            }
+        }
+    }
+
+    async fn on_report(&mut self, r: Report) {
+        match r {
+            Report::AgentReady { transport, reply } => self.agent_ready(&transport, reply),
+            Report::AgentFailed { transport } => {
+                self.core.agent_failed(&transport, Instant::now());
+            }
+            Report::WriteFailed { entry } => self.core.write_failed(entry, Instant::now()),
+            Report::Replied { entry, reply } => self.delivery_done(entry, reply.as_ref()),
+            Report::Notified { msg, ok } => {
+                self.core
+                    .complete(msg, crate::qmgr::Fact::Notified(ok), crate::now_secs());
+            }
+        }
+        self.log_events();
+    }
+}
