@@ -68,6 +68,13 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// Why logging could not be set up (Postfix's fatal text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("maillog_file value '{0}' does not match any prefix in maillog_file_prefixes")]
+    Prefix(String),
+}
+
 /// How to log, from main.cf and the command line.
 #[derive(Debug, Clone)]
 pub struct LogSetup {
@@ -156,8 +163,9 @@ fn facility(name: &str) -> libc::c_int {
 /// time zone). May be called again to switch sinks (e.g. after main.cf has
 /// been read); the subscriber itself is installed once.
 ///
-/// Errors: a `maillog_file` outside `maillog_file_prefixes` (Postfix: fatal).
-pub fn init(setup: &LogSetup) -> Result<(), String> {
+/// Errors: [`LogError::Prefix`] for a `maillog_file` outside
+/// `maillog_file_prefixes` (Postfix: fatal).
+pub fn init(setup: &LogSetup) -> Result<(), LogError> {
     if !setup.early {
         let _ = INTERNAL_ADDR_FORM.set(setup.internal_address_form);
         UTF8.store(setup.utf8, std::sync::atomic::Ordering::Relaxed);
@@ -185,10 +193,7 @@ pub fn init(setup: &LogSetup) -> Result<(), String> {
             .filter(|s| !s.is_empty())
             .collect();
         if !prefixes.iter().any(|p| setup.maillog_file.starts_with(p)) {
-            return Err(format!(
-                "maillog_file value '{}' does not match any prefix in maillog_file_prefixes",
-                setup.maillog_file
-            ));
+            return Err(LogError::Prefix(setup.maillog_file.clone()));
         }
         let hostname = if !setup.myhostname.is_empty() {
             setup.myhostname.clone()

@@ -75,7 +75,7 @@ fn main() {
         early: false,
     };
     if let Err(e) = log::init(&setup) {
-        log::fatal(&e);
+        log::fatal(&e.to_string());
     }
     for w in cf.warnings.iter().chain(adjustments.iter()) {
         tracing::warn!("{w}");
@@ -97,7 +97,9 @@ fn main() {
     if !opts.no_detach && unsafe { libc::isatty(0) } == 1 {
         log::fatal("do not run this command by hand");
     }
-    let kind = opts.service_type().unwrap_or_else(|e| log::fatal(&e));
+    let kind = opts
+        .service_type()
+        .unwrap_or_else(|e| log::fatal(&e.to_string()));
     let strategy = match (opts.scheduler.as_deref(), progname.as_str()) {
         (Some("oqmgr"), _) | (None, "oqmgr") => Strategy::Oqmgr,
         (Some("nqmgr") | Some("qmgr"), _) | (None, _) => Strategy::Nqmgr,
@@ -105,7 +107,7 @@ fn main() {
             "unknown --scheduler: {other} (use nqmgr or oqmgr)"
         )),
     };
-    let generation = master::generation_from_env().unwrap_or_else(|e| log::fatal(&e));
+    let generation = master::generation_from_env().unwrap_or_else(|e| log::fatal(&e.to_string()));
     if progname == "nqmgr" {
         tracing::warn!("please update the master.cf entry for the qmgr service: use \"qmgr\" instead of \"nqmgr\"");
     }
@@ -120,7 +122,7 @@ fn main() {
     let user = opts.unprivileged.then_some(params.mail_owner.as_str());
     let root = opts.chroot.then_some(params.queue_directory.as_str());
     if let Err(e) = master::drop_privileges(user, root) {
-        log::fatal(&e);
+        log::fatal(&e.to_string());
     }
     for fd in [
         master::FLOW_READ_FD,

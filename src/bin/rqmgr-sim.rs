@@ -34,6 +34,27 @@ struct Workload {
     messages: Vec<SimMessage>,
 }
 
+/// Why a workload line cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {problem}")]
+struct WorkloadError {
+    line: usize,
+    problem: String,
+}
+
+/// Why the simulator cannot run.
+#[derive(Debug, thiserror::Error)]
+enum SimError {
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{file}: {text}")]
+    Read { file: String, text: String },
+    #[error(transparent)]
+    Config(#[from] rqmgr::config::ConfigError),
+}
+
 fn seconds(text: &str) -> Result<Duration, String> {
     let v: f64 = text
         .parse()
@@ -44,7 +65,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
-fn parse_workload(text: &str) -> Result<Workload, String> {
+fn parse_workload(text: &str) -> Result<Workload, WorkloadError> {
     let mut w = Workload {
         main_cf: String::new(),
         processes: HashMap::new(),
@@ -56,7 +77,10 @@ fn parse_workload(text: &str) -> Result<Workload, String> {
         if line.is_empty() {
             continue;
         }
-        let err = |e: String| format!("line {}: {e}", n + 1);
+        let err = |problem: String| WorkloadError {
+            line: n + 1,
+            problem,
+        };
         let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
         let rest = rest.trim();
         match word {
@@ -156,7 +180,8 @@ fn fmt_secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), SimError> {
+    let usage = |text: &str| SimError::Usage(text.to_string());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut file = None;
     let mut overrides = Vec::new();
@@ -165,34 +190,49 @@ fn run() -> Result<(), String> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "-o" => overrides.push(it.next().ok_or("-o needs name=value")?.clone()),
+            "-o" => overrides.push(
+                it.next()
+                    .ok_or_else(|| usage("-o needs name=value"))?
+                    .clone(),
+            ),
             "--scheduler" => {
                 strategy = match it.next().map(String::as_str) {
                     Some("nqmgr") | Some("qmgr") => Strategy::Nqmgr,
                     Some("oqmgr") => Strategy::Oqmgr,
-                    other => return Err(format!("--scheduler nqmgr|oqmgr, not {other:?}")),
+                    other => {
+                        return Err(SimError::Usage(format!(
+                            "--scheduler nqmgr|oqmgr, not {other:?}"
+                        )))
+                    }
                 }
             }
-            "--until" => until = seconds(it.next().ok_or("--until needs seconds")?)?,
+            "--until" => {
+                let text = it.next().ok_or_else(|| usage("--until needs seconds"))?;
+                until = seconds(text).map_err(SimError::Usage)?;
+            }
             "-h" | "--help" => {
                 println!("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]");
                 println!("See the comment at the top of src/bin/rqmgr-sim.rs (or man rqmgr) for the workload format.");
                 return Ok(());
             }
             _ if file.is_none() => file = Some(a.clone()),
-            _ => return Err(format!("unexpected argument: {a}")),
+            _ => return Err(SimError::Usage(format!("unexpected argument: {a}"))),
         }
     }
-    let file =
-        file.ok_or("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr]")?;
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+    let file = file.ok_or_else(|| {
+        usage("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr]")
+    })?;
+    let text = std::fs::read_to_string(&file).map_err(|e| SimError::Read {
+        text: rqmgr::log::errno_text(&e),
+        file: file.clone(),
+    })?;
     let w = parse_workload(&text)?;
-    let mut cf = MainCf::parse(&w.main_cf, Path::new(&file)).map_err(|e| e.to_string())?;
+    let mut cf = MainCf::parse(&w.main_cf, Path::new(&file))?;
     cf.set("myhostname", "sim.example");
     for o in &overrides {
-        cf.apply_override(o).map_err(|e| e.to_string())?;
+        cf.apply_override(o)?;
     }
-    let (p, warnings) = Params::read(&mut cf).map_err(|e| e.to_string())?;
+    let (p, warnings) = Params::read(&mut cf)?;
     for warning in warnings {
         eprintln!("warning: {warning}");
     }

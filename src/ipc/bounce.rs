@@ -311,19 +311,26 @@ pub struct Services {
     pub max_dig: u32,
 }
 
+/// A recipient qmgr disposes of itself (defers, or "delivers" by
+/// discarding), with what its log records and log line need.
+#[derive(Debug, Clone, Copy)]
+pub struct Disposal<'a> {
+    /// The message's trace flags (`DEL_REQ_FLAG_*`).
+    pub flags: u32,
+    pub queue_id: &'a str,
+    pub stats: Stats,
+    pub rcpt: &'a Recipient,
+    /// The `relay=` of the log line (`none` for qmgr itself).
+    pub relay: &'a str,
+}
+
 /// Appends a record to the trace log (`trace_append`): the reason is prefixed
 /// with `delivery via <relay>: ` unless the relay is `none`.
 ///
 /// Errors: [`ServiceError`] when the trace service fails or refuses.
-pub async fn trace_append(
-    svc: &Services,
-    flags: u32,
-    queue_id: &str,
-    rcpt: &Recipient,
-    relay: &str,
-    dsn: &Dsn,
-) -> Result<(), ServiceError> {
+pub async fn trace_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Result<(), ServiceError> {
     let mut d = dsn.clone();
+    let relay = r.relay;
     if relay != "none" {
         let mut reason = format!("delivery via {relay}: ").into_bytes();
         reason.extend_from_slice(&dsn.reason);
@@ -331,7 +338,7 @@ pub async fn trace_append(
     }
     match call(
         &svc.trace,
-        &append_request(flags, queue_id, rcpt, &d),
+        &append_request(r.flags, r.queue_id, r.rcpt, &d),
         svc.timeout,
     )
     .await
@@ -364,20 +371,13 @@ fn with_class(dsn: &Dsn, class: u8, caller: &str) -> Dsn {
 /// 4.0.0; the recipient goes into the defer log; the `status=deferred` line
 /// is logged. The message must then be retried, except for a user's
 /// address verification (`sendmail -bv`), which only records the result.
-pub async fn defer_append(
-    svc: &Services,
-    flags: u32,
-    queue_id: &str,
-    stats: &Stats,
-    rcpt: &Recipient,
-    relay: &str,
-    dsn: &Dsn,
-) -> Disposed {
+pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Disposed {
+    let (flags, queue_id, rcpt) = (r.flags, r.queue_id, r.rcpt);
     let mut d = with_class(dsn, b'4', "defer_append");
     d.action = b"delayed".to_vec();
     if flags & del_flag::USR_VRFY != 0 {
         d.action = b"undeliverable".to_vec();
-        return match trace_append(svc, flags, queue_id, rcpt, relay, &d).await {
+        return match trace_append(svc, r, &d).await {
             Ok(()) => Disposed::Done,
             Err(_) => Disposed::Retry,
         };
@@ -394,13 +394,17 @@ pub async fn defer_append(
     }
     tracing::info!(
         "{}",
-        adhoc_line(queue_id, stats, rcpt, relay, &d, "deferred", svc.max_dig)
+        adhoc_line(
+            queue_id,
+            &r.stats,
+            rcpt,
+            r.relay,
+            &d,
+            "deferred",
+            svc.max_dig
+        )
     );
-    if flags & del_flag::RECORD != 0
-        && trace_append(svc, flags, queue_id, rcpt, relay, &d)
-            .await
-            .is_err()
-    {
+    if flags & del_flag::RECORD != 0 && trace_append(svc, r, &d).await.is_err() {
         tracing::warn!("{queue_id}: {} service failure", svc.trace);
     }
     Disposed::Retry
@@ -410,15 +414,8 @@ pub async fn defer_append(
 /// double-bounce address): logs `status=sent`, tracing first when the
 /// message or recipient asks for it. On a trace failure the recipient is
 /// deferred instead.
-pub async fn sent(
-    svc: &Services,
-    flags: u32,
-    queue_id: &str,
-    stats: &Stats,
-    rcpt: &Recipient,
-    relay: &str,
-    dsn: &Dsn,
-) -> Disposed {
+pub async fn sent(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Disposed {
+    let (flags, queue_id, rcpt) = (r.flags, r.queue_id, r.rcpt);
     let mut d = with_class(dsn, b'2', "sent");
     if d.action.is_empty() {
         d.action = b"delivered".to_vec();
@@ -428,14 +425,10 @@ pub async fn sent(
         && (rcpt.dsn_notify == 0 || rcpt.dsn_notify & dsn_notify::DELAY != 0);
     let mut ok = true;
     if rec_all || rec_dly || flags & del_flag::USR_VRFY != 0 {
-        ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
-            .await
-            .is_ok();
+        ok = trace_append(svc, r, &d).await.is_ok();
     }
     if ok && rcpt.dsn_notify & dsn_notify::SUCCESS != 0 {
-        ok = trace_append(svc, flags, queue_id, rcpt, relay, &d)
-            .await
-            .is_ok();
+        ok = trace_append(svc, r, &d).await.is_ok();
     }
     if flags & del_flag::USR_VRFY != 0 {
         return if ok { Disposed::Done } else { Disposed::Retry };
@@ -443,21 +436,12 @@ pub async fn sent(
     if ok {
         tracing::info!(
             "{}",
-            adhoc_line(queue_id, stats, rcpt, relay, &d, "sent", svc.max_dig)
+            adhoc_line(queue_id, &r.stats, rcpt, r.relay, &d, "sent", svc.max_dig)
         );
         Disposed::Done
     } else {
         let reason = format!("{queue_id}: {} service failed", svc.trace);
-        defer_append(
-            svc,
-            flags,
-            queue_id,
-            stats,
-            rcpt,
-            relay,
-            &Dsn::simple("4.3.0", &reason),
-        )
-        .await
+        defer_append(svc, r, &Dsn::simple("4.3.0", &reason)).await
     }
 }
 

@@ -39,25 +39,21 @@ pub fn verp_sender(delims: &[u8], sender: &[u8], rcpt: &Recipient) -> Vec<u8> {
     } else {
         &rcpt.orig_rcpt
     };
-    let (s_local, s_domain) = match sender.iter().rposition(|&c| c == b'@') {
-        Some(at) => (&sender[..at], Some(&sender[at..])),
-        None => (sender, None),
-    };
+    let (s_local, s_domain) = crate::address::split(sender);
     let mut out = s_local.to_vec();
-    if r.is_empty() {
-        // Nothing to encode.
-    } else {
+    if !r.is_empty() {
         out.push(delims[0]);
-        match r.iter().rposition(|&c| c == b'@') {
-            Some(at) => {
-                out.extend_from_slice(&r[..at]);
+        match crate::address::split(r) {
+            (local, Some(domain)) => {
+                out.extend_from_slice(local);
                 out.push(delims[1]);
-                out.extend_from_slice(&r[at + 1..]);
+                out.extend_from_slice(domain);
             }
-            None => out.extend_from_slice(r),
+            (all, None) => out.extend_from_slice(all),
         }
     }
     if let Some(d) = s_domain {
+        out.push(b'@');
         out.extend_from_slice(d);
     }
     out

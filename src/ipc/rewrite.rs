@@ -98,17 +98,14 @@ impl Resolver {
             .map(|c| (c.used + self.idle).min(c.opened + self.ttl))
     }
 
-    async fn connect(&mut self) -> Result<&mut Conn, String> {
+    async fn connect(&mut self) -> Result<&mut Conn, ClientError> {
         if self.conn.is_none() {
-            let mut peer = Peer::connect(CLASS_PRIVATE, &self.service)
-                .await
-                .map_err(|e| crate::log::errno_text(&e))?;
+            let mut peer = Peer::connect(CLASS_PRIVATE, &self.service).await?;
             with_timeout(
                 self.timeout,
                 super::attr::read_announcement(&mut peer.reader, PROTOCOL),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             let now = Instant::now();
             self.conn = Some(Conn {
                 peer,
@@ -119,20 +116,15 @@ impl Resolver {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    async fn round_trip(&mut self, request: &[u8]) -> Result<AttrList, String> {
+    async fn round_trip(&mut self, request: &[u8]) -> Result<AttrList, ClientError> {
         let timeout = self.timeout;
         let conn = self.connect().await?;
         conn.used = Instant::now();
-        conn.peer
-            .send(request, timeout)
-            .await
-            .map_err(|e| crate::log::errno_text(&e))?;
-        with_timeout(timeout, AttrList::read(&mut conn.peer.reader))
-            .await
-            .map_err(|e| e.to_string())
+        conn.peer.send(request, timeout).await?;
+        Ok(with_timeout(timeout, AttrList::read(&mut conn.peer.reader)).await?)
     }
 
-    fn failed(&mut self, why: &str) {
+    fn failed(&mut self, why: &ClientError) {
         self.conn = None;
         // Postfix stays quiet about the first failure of a stale connection.
         if self.failures > 0 {
@@ -190,28 +182,23 @@ impl Resolver {
         }
     }
 
-    fn parse(list: &AttrList, address: &[u8]) -> Result<(Resolved, bool), String> {
+    fn parse(list: &AttrList, address: &[u8]) -> Result<(Resolved, bool), ReplyError> {
         let v = list
             .expect(&["flags", "transport", "nexthop", "recipient", "flags"])
-            .map_err(|e| format!("resolve_clnt: {e}"))?;
-        let server_flags = parse_int("flags", v[0]).map_err(|e| e.to_string())?;
+            .map_err(ReplyError::Malformed)?;
+        let server_flags = parse_int("flags", v[0]).map_err(ReplyError::Value)?;
         let r = Resolved {
             transport: v[1].to_vec(),
             nexthop: v[2].to_vec(),
             recipient: v[3].to_vec(),
-            flags: parse_int("flags", v[4]).map_err(|e| e.to_string())? as u32,
+            flags: parse_int("flags", v[4]).map_err(ReplyError::Value)? as u32,
         };
+        let shown = || String::from_utf8_lossy(address).into_owned();
         if r.transport.is_empty() {
-            return Err(format!(
-                "resolve_clnt: null transport result for: <{}>",
-                String::from_utf8_lossy(address)
-            ));
+            return Err(ReplyError::NullTransport(shown()));
         }
         if r.recipient.is_empty() && !address.is_empty() {
-            return Err(format!(
-                "resolve_clnt: null recipient result for: <{}>",
-                String::from_utf8_lossy(address)
-            ));
+            return Err(ReplyError::NullRecipient(shown()));
         }
         Ok((r, server_flags != 0))
     }
@@ -247,6 +234,29 @@ impl Resolver {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Why talking to trivial-rewrite failed (the text of Postfix's
+/// `problem talking to service` warning).
+#[derive(Debug, thiserror::Error)]
+enum ClientError {
+    #[error("{}", crate::log::errno_text(.0))]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] super::attr::AttrError),
+}
+
+/// A reply trivial-rewrite should not have sent (`resolve_clnt`).
+#[derive(Debug, thiserror::Error)]
+enum ReplyError {
+    #[error("resolve_clnt: {0}")]
+    Malformed(super::attr::AttrError),
+    #[error("{0}")]
+    Value(super::attr::AttrError),
+    #[error("resolve_clnt: null transport result for: <{0}>")]
+    NullTransport(String),
+    #[error("resolve_clnt: null recipient result for: <{0}>")]
+    NullRecipient(String),
 }
 
 /// Removes RFC 822 quoting from the local part (`unquote_822_local`).

@@ -30,17 +30,45 @@ pub const STAT_TAKEN: i32 = 0;
 /// `MASTER_STAT_AVAIL`: idle.
 pub const STAT_AVAIL: i32 = 1;
 
+/// What can go wrong in the contract with master(8); each text is
+/// Postfix's fatal line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MasterError {
+    #[error("bad generation: {0}")]
+    BadGeneration(String),
+    #[error("unsupported transport type: {0}")]
+    UnsupportedType(String),
+    #[error("no transport type specified")]
+    NoType,
+    #[error("unknown mail_owner user: {0}")]
+    UnknownOwner(String),
+    #[error("mail_owner {0} must not be root")]
+    RootOwner(String),
+    /// A system call failed: the call as Postfix names it, and strerror.
+    #[error("{call}: {text}")]
+    System { call: String, text: String },
+}
+
+impl MasterError {
+    fn system(call: String, e: nix::Error) -> MasterError {
+        MasterError::System {
+            call,
+            text: e.desc().to_string(),
+        }
+    }
+}
+
 /// Parses the `GENERATION` the master puts in our environment (octal digits).
 ///
-/// Errors: a non-octal value, as Postfix's fatal `bad generation: %s`.
-pub fn generation_from_env() -> Result<u32, String> {
+/// Errors: [`MasterError::BadGeneration`] for a non-octal value.
+pub fn generation_from_env() -> Result<u32, MasterError> {
     match std::env::var("GENERATION") {
         Err(_) => Ok(0),
         Ok(g) => {
             if g.is_empty() || !g.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(format!("bad generation: {g}"));
+                return Err(MasterError::BadGeneration(g));
             }
-            u32::from_str_radix(&g, 8).map_err(|_| format!("bad generation: {g}"))
+            u32::from_str_radix(&g, 8).map_err(|_| MasterError::BadGeneration(g))
         }
     }
 }
@@ -97,30 +125,31 @@ impl Flow {
     /// Adds `n` tokens (NUL bytes) to the pipe (`mail_flow_put`).
     pub fn put(n: usize) {
         let buf = [0u8; 1024];
-        let mut left = n;
-        while left > 0 {
-            let chunk = left.min(buf.len());
+        Self::transfer(n, |chunk| {
             // SAFETY: writing a stack buffer to the inherited non-blocking pipe.
-            let w = unsafe { libc::write(FLOW_WRITE_FD, buf.as_ptr().cast(), chunk) };
-            if w <= 0 {
-                break;
-            }
-            left -= w as usize;
-        }
+            unsafe { libc::write(FLOW_WRITE_FD, buf.as_ptr().cast(), chunk) }
+        });
     }
 
     /// Removes `n` tokens from the pipe (`mail_flow_get`).
     pub fn get(n: usize) {
         let mut buf = [0u8; 1024];
+        Self::transfer(n, |chunk| {
+            // SAFETY: reading into a stack buffer from the non-blocking pipe.
+            unsafe { libc::read(FLOW_READ_FD, buf.as_mut_ptr().cast(), chunk) }
+        });
+    }
+
+    /// Moves `n` tokens in chunks of at most 1024 with `io` (a read or
+    /// write returning the count moved), until done or the pipe would block.
+    fn transfer(n: usize, mut io: impl FnMut(usize) -> isize) {
         let mut left = n;
         while left > 0 {
-            let chunk = left.min(buf.len());
-            // SAFETY: reading into a stack buffer from the non-blocking pipe.
-            let r = unsafe { libc::read(FLOW_READ_FD, buf.as_mut_ptr().cast(), chunk) };
-            if r <= 0 {
+            let moved = io(left.min(1024));
+            if moved <= 0 {
                 break;
             }
-            left -= r as usize;
+            left -= moved as usize;
         }
     }
 
@@ -145,31 +174,34 @@ impl Flow {
 /// Switches to `user` (its uid, gid and supplementary groups), chrooting to
 /// `chroot_dir` first if given (`util/chroot_uid.c`).
 ///
-/// Errors: an unknown user, or a failed system call, as text.
-pub fn drop_privileges(user: Option<&str>, chroot_dir: Option<&str>) -> Result<(), String> {
+/// Errors: [`MasterError`] for an unknown or root `mail_owner`, or a failed
+/// system call (named as Postfix names it, with strerror).
+pub fn drop_privileges(user: Option<&str>, chroot_dir: Option<&str>) -> Result<(), MasterError> {
     use nix::unistd::{chdir, chroot, initgroups, setgid, setuid, User};
+    let sys = MasterError::system;
     let account = match user {
         Some(name) => Some(
             User::from_name(name)
-                .map_err(|e| format!("getpwnam {name}: {e}"))?
-                .ok_or_else(|| format!("unknown mail_owner user: {name}"))?,
+                .map_err(|e| sys(format!("getpwnam {name}"), e))?
+                .ok_or_else(|| MasterError::UnknownOwner(name.to_string()))?,
         ),
         None => None,
     };
     if let Some(u) = &account {
         if u.uid.is_root() {
-            return Err(format!("mail_owner {} must not be root", u.name));
+            return Err(MasterError::RootOwner(u.name.clone()));
         }
-        setgid(u.gid).map_err(|e| format!("setgid({}): {e}", u.gid))?;
-        let cname = std::ffi::CString::new(u.name.clone()).map_err(|e| e.to_string())?;
-        initgroups(&cname, u.gid).map_err(|e| format!("initgroups: {e}"))?;
+        setgid(u.gid).map_err(|e| sys(format!("setgid({})", u.gid), e))?;
+        let cname = std::ffi::CString::new(u.name.clone())
+            .map_err(|_| MasterError::UnknownOwner(u.name.clone()))?;
+        initgroups(&cname, u.gid).map_err(|e| sys("initgroups".into(), e))?;
     }
     if let Some(dir) = chroot_dir {
-        chroot(dir).map_err(|e| format!("chroot({dir}): {e}"))?;
-        chdir("/").map_err(|e| format!("chdir(/): {e}"))?;
+        chroot(dir).map_err(|e| sys(format!("chroot({dir})"), e))?;
+        chdir("/").map_err(|e| sys("chdir(/)".into(), e))?;
     }
     if let Some(u) = &account {
-        setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
+        setuid(u.uid).map_err(|e| sys(format!("setuid({})", u.uid), e))?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! (`master/trigger_server.c:trigger_server_main`, getopt string
 //! `cdDi:lm:n:o:s:St:uvVz`), parsed with clap.
 
+use super::MasterError;
 use clap::Parser;
 
 /// The listener type master(8) gives us (`-t`).
@@ -81,14 +82,14 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     /// The listener type.
     ///
-    /// Errors: a missing or unsupported type, as Postfix's fatal text.
-    pub fn service_type(&self) -> Result<ServiceType, String> {
+    /// Errors: [`MasterError::UnsupportedType`] or [`MasterError::NoType`].
+    pub fn service_type(&self) -> Result<ServiceType, MasterError> {
         match self.transport_type.as_deref() {
             Some("unix") => Ok(ServiceType::Unix),
             Some("fifo") => Ok(ServiceType::Fifo),
             Some("pass") => Ok(ServiceType::Pass),
-            Some(other) => Err(format!("unsupported transport type: {other}")),
-            None => Err("no transport type specified".into()),
+            Some(other) => Err(MasterError::UnsupportedType(other.to_string())),
+            None => Err(MasterError::NoType),
         }
     }
 }

@@ -226,7 +226,7 @@ pub fn read_batch<R: Read + Seek>(
         env.rcpt_unread = 0;
     }
     let ok = match result {
-        Err(()) => false,
+        Err(Rejected) => false,
         Ok(()) if env.arrival.0 == 0 => {
             tracing::warn!("{id}: message rejected: missing arrival time record");
             false
@@ -265,7 +265,7 @@ fn read_records<R: Read + Seek>(
     limit: usize,
     opts: &ReadOptions<'_>,
     out: &mut Vec<Recipient>,
-) -> Result<(), ()> {
+) -> Result<(), Rejected> {
     let mut buf = Vec::with_capacity(256);
     let mut orig_rcpt: Option<Vec<u8>> = None;
     let mut dsn_orcpt: Option<Vec<u8>> = None;
@@ -276,14 +276,14 @@ fn read_records<R: Read + Seek>(
     let mut reverse_jumps = 0u32;
     let seek_err = |what: &str| tracing::warn!("{id}: seek file {path}: {what}");
 
-    let outcome: Result<(), ()> = loop {
+    let outcome: Result<(), Rejected> = loop {
         let mut expected = [rec::ENVELOPE, rec::EXTRACT];
         let mut expected_slice: &[&[u8]] = &expected[..];
         let mut curr = reader.pos();
         if curr == env.data_offset && curr > 0 {
             if reader.skip(env.data_size).is_err() {
                 seek_err("skip content");
-                break Err(());
+                break Err(Rejected);
             }
             curr += env.data_size;
             expected = [b"X", b""];
@@ -293,12 +293,12 @@ fn read_records<R: Read + Seek>(
             Ok(Some(t)) => t,
             Ok(None) => {
                 tracing::warn!("{id}: message rejected: missing end record");
-                break Err(());
+                break Err(Rejected);
             }
             Err(e) => {
                 tracing::warn!("{path}: {e}");
                 tracing::warn!("{id}: message rejected: missing end record");
-                break Err(());
+                break Err(Rejected);
             }
         };
         if rtype == rec::PTR {
@@ -306,7 +306,7 @@ fn read_records<R: Read + Seek>(
             let text = String::from_utf8_lossy(&buf);
             let Ok(offset) = text.trim().parse::<u64>() else {
                 tracing::warn!("{path}: malformed pointer record value: {text}");
-                break Err(());
+                break Err(Rejected);
             };
             if offset == 0 {
                 continue;
@@ -315,12 +315,12 @@ fn read_records<R: Read + Seek>(
                 reverse_jumps += 1;
                 if reverse_jumps > 10000 {
                     tracing::warn!("{path}: too many reverse jump records");
-                    break Err(());
+                    break Err(Rejected);
                 }
             }
             if reader.seek(offset).is_err() {
                 tracing::warn!("{path}: seek error after pointer record");
-                break Err(());
+                break Err(Rejected);
             }
             saved_ptr_offset = offset;
             continue;
@@ -331,7 +331,7 @@ fn read_records<R: Read + Seek>(
                 rtype as char,
                 curr
             );
-            break Err(());
+            break Err(Rejected);
         }
         if rtype == rec::END {
             env.rflags |= READ_FLAG_SEEN_ALL_NON_RCPT;
@@ -346,7 +346,7 @@ fn read_records<R: Read + Seek>(
                         "{id}: bad attribute record: {why}: {:.200}",
                         String::from_utf8_lossy(&buf)
                     );
-                    break Err(());
+                    break Err(Rejected);
                 }
                 Ok((name, value)) => {
                     if let Some(t) = attr_pseudo_type(name) {
@@ -385,7 +385,7 @@ fn read_records<R: Read + Seek>(
                         }
                         if reader.seek(env.data_offset).is_err() {
                             seek_err("seek to content");
-                            break Err(());
+                            break Err(Rejected);
                         }
                     }
                 }
@@ -464,21 +464,21 @@ fn read_records<R: Read + Seek>(
                                     "{id}: invalid size record: {:.100}",
                                     String::from_utf8_lossy(data)
                                 );
-                                break Err(());
+                                break Err(Rejected);
                             }
                             if rflags & !READ_FLAG_USER != 0 {
                                 tracing::warn!(
                                     "{id}: invalid flags in size record: {:.100}",
                                     String::from_utf8_lossy(data)
                                 );
-                                break Err(());
+                                break Err(Rejected);
                             }
                             if cont_length < 0 {
                                 tracing::warn!(
                                     "{id}: invalid size record: {:.100}",
                                     String::from_utf8_lossy(data)
                                 );
-                                break Err(());
+                                break Err(Rejected);
                             }
                             env.data_size = data_size as u64;
                             env.data_offset = data_offset as u64;
@@ -496,7 +496,7 @@ fn read_records<R: Read + Seek>(
                             // Pre-2001 single-field size records are not produced by any
                             // Postfix that Debian ships; treat them like other damage.
                             tracing::warn!("{id}: message rejected: weird size record");
-                            break Err(());
+                            break Err(Rejected);
                         }
                     }
                 }

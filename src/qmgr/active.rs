@@ -13,7 +13,7 @@
 
 use super::event::{Disposition, Event};
 use super::scan::ScanFlags;
-use super::{Core, MessageId};
+use super::{Action, Core, MessageId};
 use crate::proto::{deliver_flag, queue_mode};
 
 /// Seconds before a file that another process still delivers (it is
@@ -162,8 +162,7 @@ impl<R> Core<R> {
     pub(super) fn start_completion_if_done(&mut self, msg: MessageId) {
         let m = &mut self.messages[msg];
         if m.refcount == 0 && !m.refill_pending && m.stage == Stage::Open {
-            m.stage = Stage::BounceLog;
-            self.push_step(msg, Step::CheckBounceLog);
+            self.next_step(msg, Stage::BounceLog, Step::CheckBounceLog);
         }
     }
 
@@ -180,14 +179,12 @@ impl<R> Core<R> {
                 self.after_bounce(msg, wall_now)
             }
             (Stage::BounceLog, Fact::BounceLog(BounceLog::Empty)) => {
-                m.stage = Stage::RemovingBounceLog;
-                self.push_step(msg, Step::RemoveBounceLog);
+                self.next_step(msg, Stage::RemovingBounceLog, Step::RemoveBounceLog);
             }
             (Stage::RemovingBounceLog, Fact::Done) => self.after_bounce(msg, wall_now),
             (Stage::BounceLog, Fact::BounceLog(BounceLog::NonEmpty)) => {
-                m.stage = Stage::BounceFlush;
                 let verp = self.verp_notices(msg);
-                self.push_step(msg, Step::FlushBounce { verp });
+                self.next_step(msg, Stage::BounceFlush, Step::FlushBounce { verp });
             }
             (Stage::BounceFlush, Fact::Notified(ok)) => {
                 m.retry |= !ok;
@@ -206,8 +203,7 @@ impl<R> Core<R> {
             (Stage::TraceFlush, Fact::Notified(ok)) => {
                 m.retry |= !ok;
                 if ok && m.facts.trace_record {
-                    m.stage = Stage::KillingTrace;
-                    self.push_step(msg, Step::KillTraceRecord);
+                    self.next_step(msg, Stage::KillingTrace, Step::KillTraceRecord);
                 } else {
                     self.expire_or_warn(msg, wall_now);
                 }
@@ -219,8 +215,7 @@ impl<R> Core<R> {
             }
             (Stage::Warning, Fact::Notified(ok)) => {
                 if ok && m.facts.warn_record {
-                    m.stage = Stage::MarkingWarned;
-                    self.push_step(msg, Step::MarkWarned);
+                    self.next_step(msg, Stage::MarkingWarned, Step::MarkWarned);
                 } else {
                     self.finish(msg, wall_now);
                 }
@@ -242,10 +237,8 @@ impl<R> Core<R> {
     /// `qmgr_active_done_2_generic`: a message with something to retry
     /// whose file is no longer a proper queue file goes to corrupt.
     fn after_bounce(&mut self, msg: MessageId, wall_now: i64) {
-        let m = &mut self.messages[msg];
-        if m.retry {
-            m.stage = Stage::FileCheck;
-            self.push_step(msg, Step::CheckFile);
+        if self.messages[msg].retry {
+            self.next_step(msg, Stage::FileCheck, Step::CheckFile);
         } else {
             self.after_file_check(msg, wall_now);
         }
@@ -254,17 +247,15 @@ impl<R> Core<R> {
     /// `qmgr_active_done_2_generic`, continued: the next batch, else a trace
     /// flush if the message or a recipient asked for one.
     fn after_file_check(&mut self, msg: MessageId, wall_now: i64) {
-        let m = &mut self.messages[msg];
+        let m = &self.messages[msg];
         let trace = m.facts.tflags
             & (deliver_flag::USR_VRFY | deliver_flag::RECORD | deliver_flag::REC_DLY_SENT)
             != 0
             || m.facts.notify_success;
         if m.more {
-            m.stage = Stage::Reading;
-            self.push_step(msg, Step::ReadMore);
+            self.next_step(msg, Stage::Reading, Step::ReadMore);
         } else if trace {
-            m.stage = Stage::TraceFlush;
-            self.push_step(msg, Step::FlushTrace);
+            self.next_step(msg, Stage::TraceFlush, Step::FlushTrace);
         } else {
             self.expire_or_warn(msg, wall_now);
         }
@@ -277,13 +268,15 @@ impl<R> Core<R> {
         if m.retry {
             if let Some(expiry) = self.expiry(msg, wall_now) {
                 let verp = self.verp_notices(msg);
-                self.messages[msg].stage = Stage::DeferFlush;
-                self.push_step(msg, Step::ReturnToSender { expiry, verp });
+                self.next_step(
+                    msg,
+                    Stage::DeferFlush,
+                    Step::ReturnToSender { expiry, verp },
+                );
                 return;
             }
             if warning_due(m.facts.warn_time, wall_now) {
-                self.messages[msg].stage = Stage::Warning;
-                self.push_step(msg, Step::Warn);
+                self.next_step(msg, Stage::Warning, Step::Warn);
                 return;
             }
         }
@@ -316,8 +309,13 @@ impl<R> Core<R> {
     }
 
     fn dispose(&mut self, msg: MessageId, disposition: Disposition, step: Step) {
-        self.messages[msg].stage = Stage::Disposing(disposition);
-        self.push_step(msg, step);
+        self.next_step(msg, Stage::Disposing(disposition), step);
+    }
+
+    /// Hands the shell the next step of `msg`, which then waits in `stage`.
+    fn next_step(&mut self, msg: MessageId, stage: Stage, step: Step) {
+        self.messages[msg].stage = stage;
+        self.actions.push_back(Action::Complete { msg, step });
     }
 
     /// Seconds until the next attempt: the age of the message, clamped to
@@ -343,7 +341,7 @@ fn warning_due(warn_time: i64, now: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{core, message};
-    use super::super::{Action, MessageFacts, Settings, Strategy};
+    use super::super::{MessageFacts, Settings, Strategy};
     use super::*;
     use std::time::Instant;
 

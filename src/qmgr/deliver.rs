@@ -180,55 +180,36 @@ impl<R> Core<R> {
 mod tests {
     use super::*;
 
+    fn reply(status: i32, hop_status: &'static str, hop_reason: &'static str) -> Outcome {
+        Outcome::of(AgentReply::Final {
+            status,
+            hop_status: hop_status.as_bytes(),
+            hop_reason: hop_reason.as_bytes(),
+        })
+    }
+
+    fn retry(hop: Option<Reason>) -> Outcome {
+        Outcome::Replied {
+            retry: true,
+            hop,
+            reason_empty: false,
+        }
+    }
+
     #[test]
     fn replies_are_read_like_qmgr_deliver_update() {
-        let ok = AgentReply::Final {
-            status: 0,
-            hop_status: b"",
-            hop_reason: b"",
-        };
-        assert_eq!(Outcome::of(ok), Outcome::OK);
-        let refused = AgentReply::Final {
-            status: -1,
-            hop_status: b"4.4.1",
-            hop_reason: b"connect refused",
-        };
+        assert_eq!(reply(0, "", ""), Outcome::OK);
         assert_eq!(
-            Outcome::of(refused),
-            Outcome::Replied {
-                retry: true,
-                hop: Some(Reason::new("4.4.1", "connect refused")),
-                reason_empty: false
-            }
+            reply(-1, "4.4.1", "connect refused"),
+            retry(Some(Reason::new("4.4.1", "connect refused")))
         );
-        let odd = AgentReply::Final {
-            status: 1,
-            hop_status: b"x",
-            hop_reason: b"",
-        };
         assert_eq!(
-            Outcome::of(odd),
-            Outcome::Replied {
-                retry: true,
-                hop: Some(Reason::new("4.0.0", "unknown error")),
-                reason_empty: false
-            }
+            reply(1, "x", ""),
+            retry(Some(Reason::new("4.0.0", "unknown error")))
         );
         // A recipient deferred by the agent with a reason but no hop
         // status: no feedback either way for the destination.
-        let deferred = AgentReply::Final {
-            status: -1,
-            hop_status: b"",
-            hop_reason: b"mailbox full",
-        };
-        assert_eq!(
-            Outcome::of(deferred),
-            Outcome::Replied {
-                retry: true,
-                hop: None,
-                reason_empty: false
-            }
-        );
+        assert_eq!(reply(-1, "", "mailbox full"), retry(None));
         assert_eq!(Outcome::of(AgentReply::Crashed), Outcome::Crashed);
     }
 }

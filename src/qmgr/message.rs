@@ -7,7 +7,7 @@
 
 use super::active::Stage;
 use super::scan::ScanFlags;
-use super::{Action, Core, EntryId, JobId, MessageId, QueueId, Reason, TransportId};
+use super::{Core, EntryId, JobId, MessageId, QueueId, Reason, TransportId};
 use crate::address;
 use crate::proto::{deliver_flag, resolve_flag, service};
 use std::cmp::Ordering;
@@ -522,11 +522,6 @@ impl<R> Core<R> {
             self.job_free(job);
         }
         self.messages.remove(msg);
-    }
-
-    /// Queues the shell's next step for `msg`.
-    pub(super) fn push_step(&mut self, msg: MessageId, step: super::Step) {
-        self.actions.push_back(Action::Complete { msg, step });
     }
 }
 

@@ -92,6 +92,14 @@ pub(crate) fn message(
     m
 }
 
+/// `n` messages of one recipient each (numbered 0..n) to `dest` over smtp.
+fn singles(c: &mut Core<u32>, now: Instant, n: u32, dest: &str) {
+    let address = format!("a@{dest}");
+    for i in 0..n {
+        message(c, now, &[("smtp", dest, &address, i)]);
+    }
+}
+
 fn actions(c: &mut Core<u32>) -> Vec<Action<u32>> {
     std::iter::from_fn(|| c.poll_action()).collect()
 }
@@ -207,13 +215,7 @@ fn window_grows_by_one_per_success_up_to_the_limit() {
 fn three_sequential_hop_failures_kill_a_destination_then_it_revives() {
     let now = Instant::now();
     let mut c = core(now);
-    for i in 0..8 {
-        message(
-            &mut c,
-            now,
-            &[("smtp", "dead.example", "a@dead.example", i)],
-        );
-    }
+    singles(&mut c, now, 8, "dead.example");
     let hop = || hop_failure("4.4.1", "connect refused");
     let mut failures = 0;
     while c.window("smtp", "dead.example").unwrap_or(0) > 0 {
@@ -256,13 +258,7 @@ fn three_sequential_hop_failures_kill_a_destination_then_it_revives() {
 fn concurrent_failures_count_once_the_destination_is_dead() {
     let now = Instant::now();
     let mut c = core(now);
-    for i in 0..8 {
-        message(
-            &mut c,
-            now,
-            &[("smtp", "dead.example", "a@dead.example", i)],
-        );
-    }
+    singles(&mut c, now, 8, "dead.example");
     let busy: Vec<EntryId> = (0..5)
         .map(|_| c.agent_ready("smtp", now).unwrap())
         .collect();
@@ -647,17 +643,12 @@ fn clog_event_when_one_destination_fills_the_active_queue() {
         .filter(|e| matches!(e, Event::Clogged { .. }))
         .collect();
     // Once per qmgr_clog_warn_time, at the third entry (3 > 10 / 5).
-    assert_eq!(
-        clogs,
-        vec![Event::Clogged {
-            transport: "smtp".into(),
-            nexthop: "clog.example".into(),
-            length: 3,
-            count: 3,
-            slows_others: false,
-            advice: ClogAdvice::Timeouts,
-        }]
-    );
+    assert_eq!(clogs.len(), 1);
+    assert!(matches!(
+        &clogs[0],
+        Event::Clogged { nexthop, length: 3, count: 3, slows_others: false, advice: ClogAdvice::Timeouts, .. }
+            if &**nexthop == "clog.example"
+    ));
 }
 
 #[test]
@@ -670,24 +661,15 @@ fn feedback_events() {
     c.delivery_done(e, AgentReply::OK, now);
     let got = events(&mut c);
     assert_eq!(
-        got[..2],
-        [
-            Event::Feedback {
-                func: FeedbackFn::Unthrottle,
-                transport: "smtp".into(),
-                value: 1.0
-            },
-            Event::Window {
-                func: FeedbackFn::Unthrottle,
-                transport: "smtp".into(),
-                queue: "d.example".into(),
-                limit: 20,
-                window: 6,
-                success: 0.0,
-                failure: 0.0,
-                fail_cohorts: 0.0
-            },
-        ]
+        got[..1],
+        [Event::Feedback {
+            func: FeedbackFn::Unthrottle,
+            transport: "smtp".into(),
+            value: 1.0
+        },]
+    );
+    assert!(
+        matches!(&got[1], Event::Window { func: FeedbackFn::Unthrottle, queue, limit: 20, window: 6, .. } if &**queue == "d.example")
     );
     assert!(matches!(got[2], Event::Delivered { recipients: 1, .. }));
 }

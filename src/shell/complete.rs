@@ -6,7 +6,7 @@
 //! address, "delivered" (`sent`).
 
 use super::{Daemon, Report};
-use crate::ipc::bounce::{self, Disposed, Notice, Stats};
+use crate::ipc::bounce::{self, Disposal, Disposed, Notice, Stats};
 use crate::ipc::Dsn;
 use crate::qfile::Recipient;
 use crate::qmgr::{Fact, MessageId, Reason, Step};
@@ -107,13 +107,19 @@ impl Daemon {
         None
     }
 
-    fn stats(&self, msg: MessageId) -> Option<(&super::InCore, Stats)> {
+    /// What qmgr's own disposition of `rcpt` needs to know.
+    fn disposal<'a>(&'a self, msg: MessageId, rcpt: &'a Recipient) -> Option<Disposal<'a>> {
         let m = self.messages.get(&msg)?;
-        let stats = Stats {
-            incoming: m.env.arrival,
-            active: m.active_arrival,
-        };
-        Some((m, stats))
+        Some(Disposal {
+            flags: m.env.tflags,
+            queue_id: &m.queue_id,
+            stats: Stats {
+                incoming: m.env.arrival,
+                active: m.active_arrival,
+            },
+            rcpt,
+            relay: "none",
+        })
     }
 
     /// qmgr defers one recipient itself (`qmgr_defer_recipient`).
@@ -123,21 +129,11 @@ impl Daemon {
         rcpt: &Recipient,
         reason: &Reason,
     ) {
-        let Some((m, stats)) = self.stats(msg) else {
+        let Some(d) = self.disposal(msg, rcpt) else {
             return;
         };
         let dsn = Dsn::simple(&reason.status, &reason.text);
-        let disposed = bounce::defer_append(
-            &self.services,
-            m.env.tflags,
-            &m.queue_id,
-            &stats,
-            rcpt,
-            "none",
-            &dsn,
-        )
-        .await;
-        if disposed == Disposed::Retry {
+        if bounce::defer_append(&self.services, &d, &dsn).await == Disposed::Retry {
             self.core.must_retry(msg);
         }
     }
@@ -150,21 +146,11 @@ impl Daemon {
         file: &QueueFile,
         rcpt: &Recipient,
     ) {
-        let Some((m, stats)) = self.stats(msg) else {
+        let Some(d) = self.disposal(msg, rcpt) else {
             return;
         };
         let dsn = Dsn::simple("2.0.0", "undeliverable postmaster notification discarded");
-        match bounce::sent(
-            &self.services,
-            m.env.tflags,
-            &m.queue_id,
-            &stats,
-            rcpt,
-            "none",
-            &dsn,
-        )
-        .await
-        {
+        match bounce::sent(&self.services, &d, &dsn).await {
             Disposed::Done => file.mark_done(rcpt.offset),
             Disposed::Retry => self.core.must_retry(msg),
         }
