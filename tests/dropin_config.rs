@@ -10,6 +10,7 @@ use support::{Instance, Opts, Qmgr};
 
 dropin_tests!(
     bad_main_cf_value_is_a_logged_fatal,
+    bad_transport_parameter_is_fatal_when_the_transport_is_first_used,
     non_utf8_sender_is_logged_with_question_marks,
     content_filter_route_replaces_resolution,
     redirect_action_sends_the_message_elsewhere,
@@ -32,6 +33,53 @@ fn bad_main_cf_value_is_a_logged_fatal(q: Qmgr) {
     inst.check(
         line.text.contains("fatal:"),
         "a fatal line from the queue manager",
+    );
+}
+
+/// A per-transport parameter the queue manager cannot use ends it with
+/// Postfix's fatal line at the moment Postfix's qmgr reads it: when the
+/// first recipient for that transport is resolved. Until then mail for
+/// other transports flows; the message for the broken transport stays
+/// queued, never lost, never delivered with a guessed value; once the
+/// value is fixed it is delivered.
+fn bad_transport_parameter_is_fatal_when_the_transport_is_first_used(q: Qmgr) {
+    let mut inst = Instance::start(
+        Opts::new("badxport", q)
+            .main_cf("smtp_destination_recipient_limit", "lots")
+            // master restarts a queue manager that exited this soon.
+            .main_cf("service_throttle_time", "1s")
+            .fail_fast(false),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("discard");
+    let first = inst.sendmail(&from, &["a@discard.example"], "discard", &token);
+    inst.wait_removed(&first);
+    let fatal = "fatal: bad numerical configuration: smtp_destination_recipient_limit = lots";
+    inst.check(
+        !inst.log_lines().iter().any(|l| l.body() == fatal),
+        "no fatal line before smtp mail arrives",
+    );
+    let token = inst.unique_token("smtp");
+    let id = inst.sendmail(&from, &["b@sink.example"], "smtp", &token);
+    inst.wait_for_line("the queue manager's fatal line", |l| {
+        l.is_from("qmgr") && l.body() == fatal
+    });
+    let queued = inst.queue_listing().values().flatten().any(|x| *x == id);
+    inst.check(queued, "the smtp message is still queued");
+    inst.check(
+        !inst.lines_for(&id).iter().any(|l| l.is_delivery()),
+        "no delivery attempt with a guessed recipient limit",
+    );
+    inst.set_main_cf("smtp_destination_recipient_limit", "50");
+    inst.wait_removed(&id);
+    let sent = inst
+        .lines_for(&id)
+        .iter()
+        .filter(|l| l.field("to") == Some("<b@sink.example>") && l.status() == Some("sent"))
+        .count();
+    inst.check(
+        sent == 1,
+        &format!("delivered once, saw {sent} status=sent lines"),
     );
 }
 

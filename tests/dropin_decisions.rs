@@ -16,7 +16,8 @@
 //! `defer_transports` (deferred through `retry`), and mail to smtp-sink.
 //! Compared per message: removed or deferred (with the backoff time
 //! stamp), each recipient's status, whether a non-delivery notice was
-//! sent; and the destination's throttle lines, byte for byte.
+//! sent; the destination's throttle lines and each transport's feedback
+//! debug lines, byte for byte.
 
 #[macro_use]
 mod support;
@@ -82,7 +83,12 @@ fn simulator_and_daemon_decide_alike(q: Qmgr) {
     }
     let inst = Instance::start(opts);
     let (real, real_throttle) = run_real(&inst);
-    let (sim, sim_throttle) = run_sim(&inst);
+    let (sim, sim_lines) = run_sim(&inst);
+    let sim_throttle: Vec<String> = sim_lines
+        .iter()
+        .filter(|l| l.starts_with("qmgr_queue_throttle:"))
+        .cloned()
+        .collect();
     let mut problems = Vec::new();
     for (label, _) in PLAN {
         if real[*label] != sim[*label] {
@@ -91,6 +97,22 @@ fn simulator_and_daemon_decide_alike(q: Qmgr) {
                 real[*label], sim[*label]
             ));
         }
+    }
+    let (real_init, sim_init) = (feedback_init(&inst.log_lines()), {
+        let mut v: Vec<String> = sim_lines
+            .iter()
+            .filter(|l| l.contains(" feedback type "))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    });
+    if real_init != sim_init || real_init.is_empty() {
+        problems.push(format!(
+            "feedback debug lines differ:\ndaemon:\n{}\nsimulator:\n{}",
+            real_init.join("\n"),
+            sim_init.join("\n")
+        ));
     }
     if real_throttle != sim_throttle {
         problems.push(format!(
@@ -246,7 +268,23 @@ fn secs(t: std::io::Result<SystemTime>) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The same workload through the simulator, with the instance's routes.
+/// The feedback debug lines of each transport as it was created
+/// (`qmgr_feedback_init`), sorted (transports may come in another order);
+/// not those of `local`, which only the non-delivery notices to the
+/// (local) sender use, and the simulator does not send.
+fn feedback_init(lines: &[LogLine]) -> Vec<String> {
+    let mut v: Vec<String> = lines
+        .iter()
+        .filter(|l| l.is_from("qmgr") && l.body().contains(" feedback type "))
+        .filter(|l| !l.body().starts_with("local: "))
+        .map(|l| l.body().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The same workload through the simulator, with the instance's routes;
+/// what happened per label, and the log lines of the core's events.
 fn run_sim(inst: &Instance) -> (BTreeMap<&'static str, Outcome>, Vec<String>) {
     let sink = format!("[127.0.0.1]:{}", inst.sink.port);
     let closed = format!("[127.0.0.1]:{}", inst.closed_port);
@@ -346,12 +384,11 @@ fn run_sim(inst: &Instance) -> (BTreeMap<&'static str, Outcome>, Vec<String>) {
             },
         );
     }
-    let throttle = report
+    let lines = report
         .events
         .iter()
         .flat_map(|(_, e)| ::rqmgr::shell::logging::event_lines(e, &settings))
         .map(|(_, line)| line)
-        .filter(|l| l.starts_with("qmgr_queue_throttle:"))
         .collect();
-    (out, throttle)
+    (out, lines)
 }

@@ -20,7 +20,7 @@
 //! ```
 
 use rqmgr::config::{MainCf, Params, TransportTable};
-use rqmgr::qmgr::{Reason, Settings, Strategy};
+use rqmgr::qmgr::{Event, Reason, Settings, Strategy};
 use rqmgr::sim::{Destination, Fate, Sim, SimMessage};
 use std::collections::HashMap;
 use std::path::Path;
@@ -247,6 +247,12 @@ fn run() -> Result<(), SimError> {
         default_processes,
     );
     let report = sim.run(until);
+    if let Some(text) = report.events.iter().find_map(|(_, e)| match e {
+        Event::BadParameter { text } => Some(text),
+        _ => None,
+    }) {
+        return Err(SimError::Usage(format!("fatal: {text}")));
+    }
 
     println!(
         "{:<16} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9}",

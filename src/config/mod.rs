@@ -12,7 +12,7 @@ mod expand;
 mod params;
 
 pub use expand::{expand, parse_compat_level};
-pub use params::{Params, TransportParams, TransportTable};
+pub use params::{FeedbackParam, Params, TransportParams, TransportTable};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,12 +50,20 @@ pub enum ConfigError {
     /// A time parameter with a bad number or unit.
     #[error("parameter {name}: bad time value or unit: {value}")]
     BadTime { name: String, value: String },
-    /// A value outside the parameter's bounds.
+    /// A number outside the parameter's bounds.
     #[error("invalid {name} parameter value {value} {cmp} {limit}")]
     OutOfRange {
         name: String,
         value: i64,
         cmp: &'static str,
+        limit: i64,
+    },
+    /// A time outside the parameter's bounds (`bound`: `min` or `max`).
+    #[error("invalid {name}: {value} ({bound} {limit})")]
+    TimeOutOfRange {
+        name: String,
+        value: i64,
+        bound: &'static str,
         limit: i64,
     },
     /// A string parameter that is too short or too long.
@@ -307,7 +315,20 @@ impl MainCf {
             name: name.into(),
             value: text.clone(),
         })?;
-        check_range(name, value, min, max)?;
+        check_range(name, value, min, max).map_err(|e| match e {
+            ConfigError::OutOfRange {
+                name,
+                value,
+                cmp,
+                limit,
+            } => ConfigError::TimeOutOfRange {
+                name,
+                value,
+                bound: if cmp == "<" { "min" } else { "max" },
+                limit,
+            },
+            other => other,
+        })?;
         Ok(value)
     }
 

@@ -110,12 +110,72 @@ pub struct TransportParams {
     pub refill_limit: i64,
     /// `_recipient_refill_delay`, seconds.
     pub refill_delay: i64,
-    /// `_destination_concurrency_positive_feedback` (unparsed).
-    pub pos_feedback: String,
-    /// `_destination_concurrency_negative_feedback` (unparsed).
-    pub neg_feedback: String,
+    /// `_destination_concurrency_positive_feedback`.
+    pub pos_feedback: FeedbackParam,
+    /// `_destination_concurrency_negative_feedback`.
+    pub neg_feedback: FeedbackParam,
     /// `_destination_concurrency_failed_cohort_limit` (0 = never declare dead).
     pub fail_cohort_limit: i64,
+}
+
+/// The warning for a negative concurrency limit: Postfix takes it as it
+/// stands (its initial window becomes negative) and never delivers on the
+/// transports it applies to; rqmgr does the same, and says so.
+fn stall_warning(name: &str, value: i64) -> Option<String> {
+    (value < 0).then(|| {
+        format!("{name} = {value} is negative: no mail will be delivered where it applies")
+    })
+}
+
+/// A concurrency feedback parameter as `qmgr_feedback_init` reads it: the
+/// value (unparsed), and the name Postfix shows in its warning and debug
+/// lines: the transport's own parameter when its value differs from the
+/// default's, else the default's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackParam {
+    pub name: String,
+    pub value: String,
+}
+
+impl FeedbackParam {
+    /// A value with the name to show.
+    pub fn new(name: &str, value: &str) -> FeedbackParam {
+        FeedbackParam {
+            name: name.to_string(),
+            value: value.to_string(),
+        }
+    }
+}
+
+impl Default for TransportParams {
+    /// Postfix's built-in defaults (`postconf -d`), for a transport whose
+    /// main.cf values cannot be used.
+    fn default() -> Self {
+        TransportParams {
+            dest_concurrency_limit: 20,
+            recipient_limit: 50,
+            init_dest_concurrency: 5,
+            xport_rate_delay: 0,
+            rate_delay: 0,
+            slot_cost: 5,
+            slot_loan: 3,
+            slot_loan_factor: 50,
+            min_slots: 3,
+            rcpt_unused: 20000,
+            rcpt_per_stack: 1000,
+            refill_limit: 100,
+            refill_delay: 5,
+            pos_feedback: FeedbackParam::new(
+                "default_destination_concurrency_positive_feedback",
+                "1",
+            ),
+            neg_feedback: FeedbackParam::new(
+                "default_destination_concurrency_negative_feedback",
+                "1",
+            ),
+            fail_cohort_limit: 1,
+        }
+    }
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -343,56 +403,15 @@ impl Params {
             ipc_timeout: 0, // replaced by qmgr_ipc_timeout below
         };
         let mut p = p;
-        // Limits and counts that Postfix reads without a lower bound: a
-        // negative value is refused with a warning (Postfix stalls instead).
-        for (name, value, default) in [
-            (
-                "default_destination_concurrency_limit",
-                &mut p.default_destination_concurrency_limit,
-                20,
-            ),
-            (
-                "default_destination_recipient_limit",
-                &mut p.default_destination_recipient_limit,
-                50,
-            ),
-            (
-                "default_recipient_limit",
-                &mut p.default_recipient_limit,
-                20000,
-            ),
-            (
-                "default_extra_recipient_limit",
-                &mut p.default_extra_recipient_limit,
-                1000,
-            ),
-            (
-                "default_delivery_slot_cost",
-                &mut p.default_delivery_slot_cost,
-                5,
-            ),
-            (
-                "default_delivery_slot_loan",
-                &mut p.default_delivery_slot_loan,
-                3,
-            ),
-            (
-                "default_minimum_delivery_slots",
-                &mut p.default_minimum_delivery_slots,
-                3,
-            ),
-            (
-                "default_destination_concurrency_failed_cohort_limit",
-                &mut p.default_destination_concurrency_failed_cohort_limit,
-                1,
-            ),
-        ] {
-            if *value < 0 {
-                warnings.push(format!(
-                    "invalid {name} parameter value {value} < 0; using {default}"
-                ));
-                *value = default;
-            }
+        // Postfix reads the limits below without a lower bound and uses a
+        // negative value as it stands; so does rqmgr. A negative concurrency
+        // limit means no mail is ever delivered on the transports it
+        // applies to: say so (the value stays what the administrator wrote).
+        if let Some(w) = stall_warning(
+            "default_destination_concurrency_limit",
+            p.default_destination_concurrency_limit,
+        ) {
+            warnings.push(w);
         }
         // qmgr reads these only so that get_mail_conf_int2("local", ...) sees them.
         cf.get_int("local_destination_concurrency_limit", 2, 0, 0)?;
@@ -427,141 +446,133 @@ impl Params {
     }
 
     /// Reads the parameters of transport `name`, falling back to the global
-    /// defaults. A bad per-transport value is reported in the returned
-    /// warnings and replaced by the default (Postfix would exit instead and
-    /// be restarted into the same error; rqmgr keeps delivering).
-    pub fn transport(&self, cf: &mut MainCf, name: &str) -> (TransportParams, Vec<String>) {
-        let mut warnings = Vec::new();
-        // Every per-transport number is a count or a limit: a negative one
-        // (which Postfix takes silently, and then stalls) is refused too.
-        let mut int = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64, max: i64| match cf
-            .get_int2(name, suffix, fallback, min, max)
-        {
-            Ok(v) if v >= 0 => v,
-            Ok(v) => {
-                warnings.push(format!(
-                    "invalid {name}{suffix} parameter value {v} < 0; using {fallback}"
-                ));
-                fallback
-            }
-            Err(e) => {
-                warnings.push(format!("{e}; using {fallback}"));
-                fallback
-            }
+    /// defaults (`qmgr_transport_create`), when the first recipient for the
+    /// transport is resolved. Warnings come back with the parameters.
+    ///
+    /// Errors: [`ConfigError`] for a value Postfix's qmgr ends on (`fatal:
+    /// bad numerical configuration: NAME = VALUE`, a value below its
+    /// minimum, a bad time unit): the caller ends the process.
+    pub fn transport(
+        &self,
+        cf: &mut MainCf,
+        name: &str,
+    ) -> Result<(TransportParams, Vec<String>), ConfigError> {
+        let int = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64, max: i64| {
+            cf.get_int2(name, suffix, fallback, min, max)
         };
+        let time = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64| {
+            cf.get_time2(name, suffix, fallback, 's', min, 0)
+        };
+        // In qmgr_transport_create's order, so that the first bad value is
+        // the one Postfix would report.
         let dest_concurrency_limit = int(
             cf,
             "_destination_concurrency_limit",
             self.default_destination_concurrency_limit,
             0,
             0,
-        );
+        )?;
         let recipient_limit = int(
             cf,
             "_destination_recipient_limit",
             self.default_destination_recipient_limit,
             0,
             0,
-        );
+        )?;
         let init_dest_concurrency = int(
             cf,
             "_initial_destination_concurrency",
             self.initial_destination_concurrency,
             1,
             0,
-        );
+        )?;
+        let xport_rate_delay = time(
+            cf,
+            "_transport_rate_delay",
+            self.default_transport_rate_delay,
+            0,
+        )?;
+        let rate_delay = time(
+            cf,
+            "_destination_rate_delay",
+            self.default_destination_rate_delay,
+            0,
+        )?;
         let slot_cost = int(
             cf,
             "_delivery_slot_cost",
             self.default_delivery_slot_cost,
             0,
             0,
-        );
+        )?;
         let slot_loan = int(
             cf,
             "_delivery_slot_loan",
             self.default_delivery_slot_loan,
             0,
             0,
-        );
+        )?;
         let slot_discount = int(
             cf,
             "_delivery_slot_discount",
             self.default_delivery_slot_discount,
             0,
             100,
-        );
+        )?;
         let min_slots = int(
             cf,
             "_minimum_delivery_slots",
             self.default_minimum_delivery_slots,
             0,
             0,
-        );
-        let rcpt_unused = int(cf, "_recipient_limit", self.default_recipient_limit, 0, 0);
+        )?;
+        let rcpt_unused = int(cf, "_recipient_limit", self.default_recipient_limit, 0, 0)?;
         let rcpt_per_stack = int(
             cf,
             "_extra_recipient_limit",
             self.default_extra_recipient_limit,
             0,
             0,
-        );
+        )?;
         let refill_limit = int(
             cf,
             "_recipient_refill_limit",
             self.default_recipient_refill_limit,
             1,
             0,
-        );
+        )?;
+        let refill_delay = time(
+            cf,
+            "_recipient_refill_delay",
+            self.default_recipient_refill_delay,
+            1,
+        )?;
+        let feedback = |cf: &mut MainCf, tail: &str, default_name: &str, default: &str| {
+            let own = format!("{name}{tail}");
+            cf.get_str(&own, default, 1, 0).map(|value| {
+                let shown = if value != default { &own } else { default_name };
+                FeedbackParam::new(shown, &value)
+            })
+        };
+        let pos_feedback = feedback(
+            cf,
+            "_destination_concurrency_positive_feedback",
+            "default_destination_concurrency_positive_feedback",
+            &self.default_destination_concurrency_positive_feedback,
+        )?;
+        let neg_feedback = feedback(
+            cf,
+            "_destination_concurrency_negative_feedback",
+            "default_destination_concurrency_negative_feedback",
+            &self.default_destination_concurrency_negative_feedback,
+        )?;
         let fail_cohort_limit = int(
             cf,
             "_destination_concurrency_failed_cohort_limit",
             self.default_destination_concurrency_failed_cohort_limit,
             0,
             0,
-        );
-        let mut time = |cf: &mut MainCf, suffix: &str, fallback: i64, min: i64| {
-            cf.get_time2(name, suffix, fallback, 's', min, 0)
-                .unwrap_or_else(|e| {
-                    warnings.push(format!("{e}; using {fallback}s"));
-                    fallback
-                })
-        };
-        let xport_rate_delay = time(
-            cf,
-            "_transport_rate_delay",
-            self.default_transport_rate_delay,
-            0,
-        );
-        let rate_delay = time(
-            cf,
-            "_destination_rate_delay",
-            self.default_destination_rate_delay,
-            0,
-        );
-        let refill_delay = time(
-            cf,
-            "_recipient_refill_delay",
-            self.default_recipient_refill_delay,
-            1,
-        );
-        let mut string = |cf: &mut MainCf, suffix: &str, fallback: &str| {
-            cf.get_str2(name, suffix, fallback, 1, 0)
-                .unwrap_or_else(|e| {
-                    warnings.push(format!("{e}; using {fallback}"));
-                    fallback.to_string()
-                })
-        };
-        let pos_feedback = string(
-            cf,
-            "_destination_concurrency_positive_feedback",
-            &self.default_destination_concurrency_positive_feedback,
-        );
-        let neg_feedback = string(
-            cf,
-            "_destination_concurrency_negative_feedback",
-            &self.default_destination_concurrency_negative_feedback,
-        );
+        )?;
         let mut t = TransportParams {
             dest_concurrency_limit,
             recipient_limit,
@@ -586,7 +597,13 @@ impl Params {
         if t.dest_concurrency_limit != 0 && t.dest_concurrency_limit < t.init_dest_concurrency {
             t.init_dest_concurrency = t.dest_concurrency_limit;
         }
-        (t, warnings)
+        let warnings = stall_warning(
+            &format!("{name}_destination_concurrency_limit"),
+            t.dest_concurrency_limit,
+        )
+        .into_iter()
+        .collect();
+        Ok((t, warnings))
     }
 }
 
@@ -624,7 +641,7 @@ impl TransportTable {
 }
 
 impl crate::qmgr::TransportConfig for TransportTable {
-    fn lookup(&mut self, transport: &str) -> (TransportParams, Vec<String>) {
+    fn lookup(&mut self, transport: &str) -> Result<(TransportParams, Vec<String>), ConfigError> {
         self.params.transport(&mut self.cf, transport)
     }
 }
@@ -652,12 +669,12 @@ mod tests {
         assert!(p.smtputf8_enable);
         assert_eq!(p.syslog_name, "postfix");
         assert!(p.is_hashed("deferred") && p.is_hashed("DEFER") && !p.is_hashed("incoming"));
-        let (local, _) = p.transport(&mut cf, "local");
+        let (local, _) = p.transport(&mut cf, "local").unwrap();
         assert_eq!(
             (local.dest_concurrency_limit, local.recipient_limit),
             (2, 1)
         );
-        let (smtp, _) = p.transport(&mut cf, "smtp");
+        let (smtp, _) = p.transport(&mut cf, "smtp").unwrap();
         assert_eq!(
             (
                 smtp.dest_concurrency_limit,
@@ -681,7 +698,7 @@ mod tests {
         assert_eq!(p.qmgr_message_recipient_limit, 30000);
         assert_eq!(p.maximal_queue_lifetime, 3 * 86400);
         assert_eq!(p.bounce_queue_lifetime, 3 * 86400);
-        let (slow, _) = p.transport(&mut cf, "slow");
+        let (slow, _) = p.transport(&mut cf, "slow").unwrap();
         assert_eq!(
             (
                 slow.rate_delay,
@@ -693,36 +710,45 @@ mod tests {
     }
 
     #[test]
-    fn negative_limits_fall_back() {
+    fn negative_limits_are_taken_as_they_stand() {
         let mut cf = MainCf::parse(
             "myhostname = h.example\nsmtp_destination_concurrency_limit = -5\ndefault_destination_recipient_limit = -1\n",
             Path::new("m"),
         )
         .unwrap();
         let (p, w) = Params::read(&mut cf).unwrap();
-        assert_eq!(p.default_destination_recipient_limit, 50);
-        assert_eq!(w.len(), 1);
-        let (smtp, w) = p.transport(&mut cf, "smtp");
-        assert_eq!(smtp.dest_concurrency_limit, 20);
+        assert_eq!(p.default_destination_recipient_limit, -1);
+        assert!(w.is_empty());
+        let (smtp, w) = p.transport(&mut cf, "smtp").unwrap();
+        assert_eq!(
+            (smtp.dest_concurrency_limit, smtp.init_dest_concurrency),
+            (-5, -5)
+        );
+        assert_eq!(smtp.recipient_limit, -1);
         assert_eq!(
             w,
             vec![
-                "invalid smtp_destination_concurrency_limit parameter value -5 < 0; using 20"
+                "smtp_destination_concurrency_limit = -5 is negative: no mail will be delivered where it applies"
                     .to_string()
             ]
         );
     }
 
     #[test]
-    fn bad_transport_value_falls_back() {
+    fn bad_transport_value_is_fatal_when_the_transport_is_first_used() {
         let mut cf = MainCf::parse(
-            "myhostname = h.example\nx_destination_concurrency_limit = lots\n",
+            "myhostname = h.example\nx_destination_concurrency_limit = lots\nx_initial_destination_concurrency = 0\ny_recipient_refill_delay = 0s\n",
             Path::new("m"),
         )
         .unwrap();
         let (p, _) = Params::read(&mut cf).unwrap();
-        let (x, w) = p.transport(&mut cf, "x");
-        assert_eq!(x.dest_concurrency_limit, 20);
-        assert_eq!(w.len(), 1);
+        let e = p.transport(&mut cf, "x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad numerical configuration: x_destination_concurrency_limit = lots"
+        );
+        let e = p.transport(&mut cf, "y").unwrap_err();
+        assert_eq!(e.to_string(), "invalid y_recipient_refill_delay: 0 (min 1)");
+        assert!(p.transport(&mut cf, "z").is_ok());
     }
 }

@@ -6,7 +6,7 @@
 //! whether the destination itself failed.
 
 use super::event::Event;
-use super::{Core, EntryId, MessageId, Reason};
+use super::{Action, Core, EntryId, MessageId, Reason};
 use std::time::Instant;
 
 /// The text prefixed to a destination's failure reason when it is
@@ -121,6 +121,13 @@ impl<R> Core<R> {
     /// `qmgr_entry_done`): feedback for the destination and the transport,
     /// then the entry is released. Returns the entry's message and
     /// recipients.
+    ///
+    /// An agent that crashed (or whose reply is unusable) is not news about
+    /// the destination or the transport: neither is throttled, and the next
+    /// entry goes to a fresh agent (Postfix 3.7; HISTORY 20240209). Its
+    /// recipients must be retried; rqmgr also defers them with "4.3.0
+    /// unknown mail transport error" ([`Action::Defer`], returned instead of
+    /// here), so that the queue says why (Postfix gives no reason).
     pub fn delivery_done(
         &mut self,
         e: EntryId,
@@ -131,46 +138,50 @@ impl<R> Core<R> {
         let q = self.entries[e].queue;
         let t = self.queues[q].transport;
         let msg = self.entries[e].msg;
-        let crashed = outcome == Outcome::Crashed;
-        let (retry, hop, reason_empty) = match outcome.clone() {
-            Outcome::Crashed => (
-                true,
-                Some(Reason::new("4.3.0", "unknown mail transport error")),
-                false,
-            ),
-            Outcome::Replied {
-                retry,
-                hop,
-                reason_empty,
-            } => (retry, hop, reason_empty),
-        };
-        if retry {
-            self.messages[msg].retry = true;
-            if let Some(h) = &hop {
-                let reason = Reason::new(&h.status, &format!("{SUSPENDED}{}", h.text));
-                if self.queues[q].window > 0 {
-                    self.throttle_queue(q, &reason, now);
-                    if self.queues[q].window == 0 {
-                        self.defer_todo(q, &reason, now);
-                    }
-                }
-            }
-        }
-        if !crashed {
-            self.unthrottle_transport(t);
-            if reason_empty && hop.is_none() {
-                self.unthrottle_queue(q);
-            }
-        } else {
-            // Postfix leaves a crashed transport rate-locked until restart.
-            self.transports[t].rate_locked = false;
-        }
         let event = Event::Delivered {
             transport: self.transports[t].name.clone(),
             queue: self.queues[q].name.clone(),
             recipients: self.entries[e].recipients.len(),
-            outcome,
+            outcome: outcome.clone(),
         };
+        match outcome {
+            Outcome::Crashed => {
+                self.messages[msg].retry = true;
+                // Postfix leaves the rate lock of a crashed delivery set
+                // until it restarts; nothing is in flight, so release it.
+                self.transports[t].rate_locked = false;
+                self.emit(event);
+                let (msg, recipients) = self.entry_done(e, true, now);
+                self.actions.push_back(Action::Defer {
+                    msg,
+                    recipients,
+                    reason: Reason::new("4.3.0", "unknown mail transport error"),
+                });
+                return (msg, Vec::new());
+            }
+            Outcome::Replied {
+                retry,
+                hop,
+                reason_empty,
+            } => {
+                if retry {
+                    self.messages[msg].retry = true;
+                    if let Some(h) = &hop {
+                        let reason = Reason::new(&h.status, &format!("{SUSPENDED}{}", h.text));
+                        if self.queues[q].window > 0 {
+                            self.throttle_queue(q, &reason, now);
+                            if self.queues[q].window == 0 {
+                                self.defer_todo(q, &reason, now);
+                            }
+                        }
+                    }
+                }
+                self.unthrottle_transport(t);
+                if reason_empty && hop.is_none() {
+                    self.unthrottle_queue(q);
+                }
+            }
+        }
         self.emit(event);
         self.entry_done(e, true, now)
     }

@@ -58,11 +58,24 @@ pub enum Disposition {
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A transport's parameter was malformed and replaced (text for a
-    /// `warning:` line).
+    /// Something about a transport's parameters worth a `warning:` line.
     TransportWarning { text: String },
+    /// A transport's parameter is one Postfix's qmgr ends on (`fatal:
+    /// bad numerical configuration: ...`): the daemon must end now, with
+    /// this text; the transport is dead for whoever carries on.
+    BadParameter { text: String },
     /// A concurrency feedback parameter was malformed; 1 is used.
     MalformedFeedback { parameter: String, value: String },
+    /// A transport's feedback value, as read (`qmgr_feedback_init`'s
+    /// debug line): the value at the global initial concurrency.
+    FeedbackInit {
+        transport: Rc<str>,
+        parameter: String,
+        /// `N/concurrency` (Postfix's feedback type 1; else 0).
+        per_concurrency: bool,
+        initial_concurrency: i32,
+        value: f64,
+    },
     /// A feedback amount was applied to a destination (`QMGR_LOG_FEEDBACK`).
     Feedback {
         func: FeedbackFn,

@@ -138,6 +138,9 @@ pub struct Settings {
     pub transport_retry_time: u64,
     /// `destination_concurrency_feedback_debug`.
     pub feedback_debug: bool,
+    /// `initial_destination_concurrency` (the global one, at which the
+    /// feedback debug lines show each feedback value).
+    pub initial_concurrency: i32,
     /// `recipient_delimiter` (for per-recipient queue names).
     pub recipient_delimiter: String,
     /// `qmgr_message_active_limit`: messages in the core at once.
@@ -175,6 +178,7 @@ impl Settings {
             bounce_queue_lifetime: 5 * 86400,
             transport_retry_time: 60,
             feedback_debug: false,
+            initial_concurrency: 5,
             recipient_delimiter: String::new(),
             active_limit: 20000,
             recipient_limit: 20000,
@@ -201,6 +205,7 @@ impl Settings {
             bounce_queue_lifetime: p.bounce_queue_lifetime,
             transport_retry_time: p.transport_retry_time.max(0) as u64,
             feedback_debug: p.destination_concurrency_feedback_debug,
+            initial_concurrency: p.initial_destination_concurrency as i32,
             recipient_delimiter: p.recipient_delimiter.clone(),
             active_limit: p.qmgr_message_active_limit,
             recipient_limit: p.qmgr_message_recipient_limit,

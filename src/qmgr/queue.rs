@@ -48,7 +48,9 @@ impl<R> Core<R> {
         if let Some(&q) = self.transports[t].queue_by_name.get(name) {
             return q;
         }
-        let init = self.transports[t].params.init_dest_concurrency.max(1) as i32;
+        // A negative concurrency limit makes this negative too, and the
+        // queue never ready, as in Postfix (config warns about it).
+        let init = self.transports[t].params.init_dest_concurrency as i32;
         let name: Rc<str> = name.into();
         let q = self.queues.insert(Queue {
             transport: t,
@@ -152,7 +154,7 @@ impl<R> Core<R> {
         const FN: FeedbackFn = FeedbackFn::Unthrottle;
         let t = self.queues[q].transport;
         let limit = self.transports[t].params.dest_concurrency_limit as i32;
-        let init = self.transports[t].params.init_dest_concurrency.max(1) as i32;
+        let init = self.transports[t].params.init_dest_concurrency as i32;
         let pos = self.transports[t].pos_feedback;
         if self.queues[q].window < 0 {
             return; // suspended: the resume timer decides

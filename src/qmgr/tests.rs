@@ -1,7 +1,7 @@
 //! Scenario tests of the core in virtual time.
 
 use super::*;
-use crate::config::TransportParams;
+use crate::config::{FeedbackParam, TransportParams};
 use crate::sim::{Destination, Fate, Sim, SimMessage};
 
 pub(crate) fn params() -> TransportParams {
@@ -19,8 +19,8 @@ pub(crate) fn params() -> TransportParams {
         rcpt_per_stack: 1000,
         refill_limit: 100,
         refill_delay: 5,
-        pos_feedback: "1".into(),
-        neg_feedback: "1".into(),
+        pos_feedback: FeedbackParam::new("default_destination_concurrency_positive_feedback", "1"),
+        neg_feedback: FeedbackParam::new("default_destination_concurrency_negative_feedback", "1"),
         fail_cohort_limit: 1,
     }
 }
@@ -750,4 +750,29 @@ fn snapshot_shows_where_each_recipient_stands() {
     // m1's job has nothing left in core: retired; m2's is current.
     assert!(snap.jobs.iter().any(|j| j.msg == m1 && j.stack_level == -1));
     assert!(snap.jobs.iter().any(|j| j.msg == m2 && j.current));
+}
+
+#[test]
+fn a_crashed_agent_is_not_news_about_the_destination() {
+    let now = Instant::now();
+    let mut c = core(now);
+    singles(&mut c, now, 3, "d.example");
+    actions(&mut c);
+    let e = c.agent_ready("smtp", now).unwrap();
+    let m = c.entry(e).msg;
+    let (_, rcpts) = c.delivery_done(e, AgentReply::Crashed, now);
+    assert!(rcpts.is_empty(), "the recipients come as a Defer action");
+    let acts = actions(&mut c);
+    assert!(acts.contains(&Action::Defer {
+        msg: m,
+        recipients: vec![0],
+        reason: Reason::new("4.3.0", "unknown mail transport error"),
+    }));
+    assert!(acts.contains(&done(m)));
+    // Neither the destination nor the transport is throttled: the next
+    // entry goes to a fresh agent at the same window.
+    assert_eq!(c.window("smtp", "d.example"), Some(5));
+    assert!(!c.transport_dead("smtp"));
+    assert!(c.agent_ready("smtp", now).is_some());
+    c.check_invariants().unwrap();
 }

@@ -8,7 +8,7 @@ use super::event::Event;
 use super::feedback::Feedback;
 use super::list::List;
 use super::{Action, Core, EntryId, JobId, QueueId, Reason, Timer, TimerKey, TransportId};
-use crate::config::TransportParams;
+use crate::config::{ConfigError, FeedbackParam, TransportParams};
 use crate::proto::service;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -20,17 +20,19 @@ const MAX_PENDING: u32 = 2;
 /// Where the core gets a transport's parameters the first time it meets the
 /// transport's name: main.cf's `<transport>_...` parameters with the
 /// `default_...` fallbacks (`qmgr_transport_create`). The lookup is pure (it
-/// reads main.cf as it was loaded); warnings come back as text, and the core
-/// reports them as [`Event::TransportWarning`].
+/// reads main.cf as it was loaded); the core reports warnings as
+/// [`Event::TransportWarning`] and errors as [`Event::BadParameter`].
 pub trait TransportConfig {
-    /// The parameters of `transport`, and warnings about values replaced.
-    fn lookup(&mut self, transport: &str) -> (TransportParams, Vec<String>);
+    /// The parameters of `transport`, and warnings about them.
+    ///
+    /// Errors: a value Postfix's qmgr ends on.
+    fn lookup(&mut self, transport: &str) -> Result<(TransportParams, Vec<String>), ConfigError>;
 }
 
 /// Tests and the simulator give parameters with a closure.
 impl<F: FnMut(&str) -> TransportParams> TransportConfig for F {
-    fn lookup(&mut self, transport: &str) -> (TransportParams, Vec<String>) {
-        (self(transport), Vec::new())
+    fn lookup(&mut self, transport: &str) -> Result<(TransportParams, Vec<String>), ConfigError> {
+        Ok((self(transport), Vec::new()))
     }
 }
 
@@ -72,20 +74,26 @@ impl<R> Core<R> {
         if let Some(&t) = self.transport_by_name.get(name) {
             return t;
         }
-        let (params, warnings) = self.config.lookup(name);
-        for text in warnings {
-            self.emit(Event::TransportWarning { text });
-        }
-        let pos = self.feedback(
-            &params.pos_feedback,
-            name,
-            "_destination_concurrency_positive_feedback",
-        );
-        let neg = self.feedback(
-            &params.neg_feedback,
-            name,
-            "_destination_concurrency_negative_feedback",
-        );
+        let (params, dead) = match self.config.lookup(name) {
+            Ok((params, warnings)) => {
+                for text in warnings {
+                    self.emit(Event::TransportWarning { text });
+                }
+                (params, None)
+            }
+            Err(e) => {
+                // Postfix's qmgr ends here (msg_fatal); so does the daemon,
+                // on this event. Whoever carries on (the simulator) finds the
+                // transport dead.
+                self.emit(Event::BadParameter {
+                    text: e.to_string(),
+                });
+                let reason = Reason::new("4.3.5", &format!("bad configuration: {e}"));
+                (TransportParams::default(), Some(reason))
+            }
+        };
+        let pos = self.feedback(&params.pos_feedback, name);
+        let neg = self.feedback(&params.neg_feedback, name);
         let name: Rc<str> = name.into();
         let t = self.transports.insert(Transport {
             name: name.clone(),
@@ -94,7 +102,7 @@ impl<R> Core<R> {
             pos_feedback: pos,
             neg_feedback: neg,
             pending: 0,
-            dead: None,
+            dead,
             dead_timer: None,
             rate_locked: false,
             queues: List::default(),
@@ -117,15 +125,24 @@ impl<R> Core<R> {
     }
 
     /// Parses a feedback value (`qmgr_feedback_init`); a malformed one is
-    /// reported and replaced by 1.
-    fn feedback(&mut self, text: &str, transport: &str, suffix: &str) -> Feedback {
-        Feedback::parse(text).unwrap_or_else(|_| {
+    /// reported and replaced by 1, as Postfix does.
+    fn feedback(&mut self, param: &FeedbackParam, transport: &str) -> Feedback {
+        let fb = Feedback::parse(&param.value).unwrap_or_else(|_| {
             self.emit(Event::MalformedFeedback {
-                parameter: format!("{transport}{suffix}"),
-                value: text.to_string(),
+                parameter: param.name.clone(),
+                value: param.value.clone(),
             });
             Feedback::ONE
-        })
+        });
+        let at = self.settings.initial_concurrency;
+        self.emit(Event::FeedbackInit {
+            transport: transport.into(),
+            parameter: param.name.clone(),
+            per_concurrency: fb.per_concurrency(),
+            initial_concurrency: at,
+            value: fb.value(at),
+        });
+        fb
     }
 
     /// True for the `error` and `retry` transports, which qmgr itself uses to

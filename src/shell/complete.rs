@@ -122,6 +122,28 @@ impl Daemon {
         })
     }
 
+    /// The core has qmgr defer these recipients itself, those that the
+    /// queue file does not mark as done.
+    pub(super) async fn defer_recipients(
+        &mut self,
+        msg: MessageId,
+        rcpts: &[Recipient],
+        reason: &Reason,
+    ) {
+        let Some(m) = self.messages.get(&msg) else {
+            return;
+        };
+        let file = QueueFile::open(&self.spool, &m.queue_id);
+        for rcpt in rcpts {
+            if file
+                .as_ref()
+                .is_none_or(|f| f.recipient_pending(rcpt.offset))
+            {
+                self.defer_recipient(msg, rcpt, reason).await;
+            }
+        }
+    }
+
     /// qmgr defers one recipient itself (`qmgr_defer_recipient`).
     pub(super) async fn defer_recipient(
         &mut self,

@@ -243,6 +243,8 @@ impl Daemon {
             batch.push((res, rcpt));
         }
         let assigned = self.core.assign_batch(msg, batch, Instant::now());
+        // A transport's bad parameter ends the process before anything else.
+        self.log_events();
         for rcpt in &assigned.discard {
             self.discard_double_bounce(msg, file, rcpt).await;
         }

@@ -28,6 +28,20 @@ pub fn event_lines(event: &Event, settings: &Settings) -> Vec<(Level, String)> {
             Level::Warning,
             format!("{parameter}: ignoring malformed or unreasonable feedback: {value}"),
         )],
+        Event::FeedbackInit {
+            transport,
+            parameter,
+            per_concurrency,
+            initial_concurrency,
+            value,
+        } if settings.feedback_debug => vec![(
+            Level::Info,
+            format!(
+                "{transport}: {parameter} feedback type {} value at {initial_concurrency}: {}",
+                u8::from(*per_concurrency),
+                percent_g(*value)
+            ),
+        )],
         Event::Feedback {
             func,
             transport,
@@ -103,8 +117,12 @@ pub fn event_lines(event: &Event, settings: &Settings) -> Vec<(Level, String)> {
     }
 }
 
-/// Logs the lines of `event`.
+/// Logs the lines of `event`. A [`Event::BadParameter`] ends the process
+/// with its `fatal:` line, as Postfix's qmgr does at that moment.
 pub fn log_event(event: &Event, settings: &Settings) {
+    if let Event::BadParameter { text } = event {
+        crate::log::fatal(text);
+    }
     for (level, line) in event_lines(event, settings) {
         match level {
             Level::Info => tracing::info!("{line}"),
@@ -199,6 +217,21 @@ mod tests {
             vec![(
                 Level::Info,
                 "qmgr_queue_throttle: queue d.example: limit 20 window 3 success 0 failure 0.5 fail_cohorts 0.2"
+                    .to_string()
+            )]
+        );
+        let init = Event::FeedbackInit {
+            transport: "smtp".into(),
+            parameter: "default_destination_concurrency_positive_feedback".into(),
+            per_concurrency: false,
+            initial_concurrency: 5,
+            value: 1.0,
+        };
+        assert_eq!(
+            event_lines(&init, &settings),
+            vec![(
+                Level::Info,
+                "smtp: default_destination_concurrency_positive_feedback feedback type 0 value at 5: 1"
                     .to_string()
             )]
         );

@@ -246,11 +246,7 @@ impl Daemon {
                     msg,
                     recipients,
                     reason,
-                } => {
-                    for rcpt in &recipients {
-                        self.defer_recipient(msg, rcpt, &reason).await;
-                    }
-                }
+                } => self.defer_recipients(msg, &recipients, &reason).await,
                 Action::Complete { msg, step } => self.completion_step(msg, step).await,
             }
         }

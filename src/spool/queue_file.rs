@@ -86,6 +86,15 @@ impl QueueFile {
         }
     }
 
+    /// True unless the recipient whose record starts at `offset` was
+    /// marked done (an agent that died may have finished some of its
+    /// recipients first). A read error counts as not done.
+    pub fn recipient_pending(&self, offset: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut byte = [0u8];
+        !matches!(self.file.read_exact_at(&mut byte, offset), Ok(()) if byte[0] == qfile::rec::DONE)
+    }
+
     /// Marks the recipient whose record starts at `offset` as done
     /// (`deliver_completed`). A failed write is fatal.
     pub fn mark_done(&self, offset: u64) {

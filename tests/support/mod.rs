@@ -510,6 +510,17 @@ impl Instance {
         write_file(&self.etc().join("master.cf"), &master);
     }
 
+    /// Sets (or replaces) a main.cf parameter, rewrites main.cf and
+    /// reloads the instance.
+    pub fn set_main_cf(&mut self, name: &str, value: &str) {
+        self.opts.main_cf.retain(|(k, _)| k != name);
+        self.opts
+            .main_cf
+            .push((name.to_string(), value.to_string()));
+        self.write_config();
+        self.reload();
+    }
+
     /// Uncomments the qmgr line of master.cf and reloads the instance.
     pub fn enable_qmgr(&mut self) {
         self.qmgr_enabled = true;
