@@ -151,7 +151,7 @@ pub fn drop_privileges(user: Option<&str>, chroot_dir: Option<&str>) -> Result<(
     let account = match user {
         Some(name) => Some(
             User::from_name(name)
-                .map_err(|e| format!("getpwnam {name}: {e}"))?
+                .map_err(|e| format!("getpwnam {name}: {}", e.desc()))?
                 .ok_or_else(|| format!("unknown mail_owner user: {name}"))?,
         ),
         None => None,
@@ -160,16 +160,16 @@ pub fn drop_privileges(user: Option<&str>, chroot_dir: Option<&str>) -> Result<(
         if u.uid.is_root() {
             return Err(format!("mail_owner {} must not be root", u.name));
         }
-        setgid(u.gid).map_err(|e| format!("setgid({}): {e}", u.gid))?;
+        setgid(u.gid).map_err(|e| format!("setgid({}): {}", u.gid, e.desc()))?;
         let cname = std::ffi::CString::new(u.name.clone()).map_err(|e| e.to_string())?;
-        initgroups(&cname, u.gid).map_err(|e| format!("initgroups: {e}"))?;
+        initgroups(&cname, u.gid).map_err(|e| format!("initgroups: {}", e.desc()))?;
     }
     if let Some(dir) = chroot_dir {
-        chroot(dir).map_err(|e| format!("chroot({dir}): {e}"))?;
-        chdir("/").map_err(|e| format!("chdir(/): {e}"))?;
+        chroot(dir).map_err(|e| format!("chroot({dir}): {}", e.desc()))?;
+        chdir("/").map_err(|e| format!("chdir(/): {}", e.desc()))?;
     }
     if let Some(u) = &account {
-        setuid(u.uid).map_err(|e| format!("setuid({}): {e}", u.uid))?;
+        setuid(u.uid).map_err(|e| format!("setuid({}): {}", u.uid, e.desc()))?;
     }
     Ok(())
 }
