@@ -32,6 +32,22 @@ fn argv0_name() -> String {
     argv0.rsplit('/').next().unwrap_or("rqmgr").to_string()
 }
 
+/// The start-up line: which program this really is, its version and its
+/// scheduler. An `info:` line without a queue id, `from=` or `to=`, which
+/// pflogsumm files under nothing (it takes `info` for a queue id and finds
+/// no delivery in the rest) and Postfix's qmgr never writes.
+fn startup_line(strategy: Strategy, config_dir: &std::path::Path) -> String {
+    let scheduler = match strategy {
+        Strategy::Nqmgr => "nqmgr",
+        Strategy::Oqmgr => "oqmgr",
+    };
+    format!(
+        "info: rqmgr {} started, scheduler {scheduler}, configuration {}",
+        env!("CARGO_PKG_VERSION"),
+        config_dir.display()
+    )
+}
+
 fn main() {
     // SAFETY: setting signal dispositions before any thread exists.
     unsafe {
@@ -143,6 +159,8 @@ fn main() {
     ] {
         master::close_on_exec(fd);
     }
+
+    tracing::info!("{}", startup_line(strategy, &config_dir));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
