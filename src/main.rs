@@ -25,6 +25,29 @@ fn program_name() -> String {
     }
 }
 
+/// basename(argv[0]) as typed (`rqmgr`, `qmgr`...), for what is said on
+/// the terminal.
+fn argv0_name() -> String {
+    let argv0 = std::env::args().next().unwrap_or_else(|| "rqmgr".into());
+    argv0.rsplit('/').next().unwrap_or("rqmgr").to_string()
+}
+
+/// The start-up line: which program this really is, its version and its
+/// scheduler. An `info:` line without a queue id, `from=` or `to=`, which
+/// pflogsumm files under nothing (it takes `info` for a queue id and finds
+/// no delivery in the rest) and Postfix's qmgr never writes.
+fn startup_line(strategy: Strategy, config_dir: &std::path::Path) -> String {
+    let scheduler = match strategy {
+        Strategy::Nqmgr => "nqmgr",
+        Strategy::Oqmgr => "oqmgr",
+    };
+    format!(
+        "info: rqmgr {} started, scheduler {scheduler}, configuration {}",
+        env!("CARGO_PKG_VERSION"),
+        config_dir.display()
+    )
+}
+
 fn main() {
     // SAFETY: setting signal dispositions before any thread exists.
     unsafe {
@@ -80,6 +103,16 @@ fn main() {
     for w in cf.warnings.iter().chain(adjustments.iter()) {
         tracing::warn!("{w}");
     }
+    // Run by hand (stdin a terminal, no -d): refuse, on the terminal too,
+    // before any check that only master(8) could satisfy; as
+    // trigger_server_main does it (msg_vstream_init + msg_fatal).
+    // SAFETY: isatty only inspects descriptor 0.
+    if !opts.no_detach && !opts.stand_alone && unsafe { libc::isatty(0) } == 1 {
+        if !opts.stderr {
+            eprintln!("{}: fatal: do not run this command by hand", argv0_name());
+        }
+        log::fatal("do not run this command by hand");
+    }
     if let Some(arg) = opts.extra.first() {
         log::fatal(&format!("unexpected command-line argument: {arg}"));
     }
@@ -92,10 +125,6 @@ fn main() {
             .clone()
             .unwrap_or_else(|| progname.clone());
         log::fatal(&format!("service {service} requires a process limit of 1"));
-    }
-    // SAFETY: isatty only inspects descriptor 0.
-    if !opts.no_detach && unsafe { libc::isatty(0) } == 1 {
-        log::fatal("do not run this command by hand");
     }
     let kind = opts
         .service_type()
@@ -132,6 +161,8 @@ fn main() {
     ] {
         master::close_on_exec(fd);
     }
+
+    tracing::info!("{}", startup_line(strategy, &config_dir));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// main.cf could not be opened or read.
-    #[error("open {path}: {source}")]
+    #[error("open {}: {}", path.display(), crate::log::errno_text(source))]
     Open {
         path: PathBuf,
         source: std::io::Error,
@@ -451,6 +451,15 @@ pub fn conv_time(text: &str, default_unit: char) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_error_reads_like_postfix() {
+        let e = MainCf::load(Path::new("/nonexistent-rqmgr-dir")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "open /nonexistent-rqmgr-dir/main.cf: No such file or directory"
+        );
+    }
 
     fn cf(text: &str) -> MainCf {
         MainCf::parse(text, Path::new("main.cf")).unwrap()

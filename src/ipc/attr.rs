@@ -97,7 +97,7 @@ pub enum AttrError {
     #[error("premature end-of-input")]
     Eof,
     /// A read error (including a timeout).
-    #[error("read error: {0}")]
+    #[error("read error: {}", crate::log::errno_text(.0))]
     Io(#[from] std::io::Error),
     /// A name or value longer than [`MAX_TOKEN`], or more than [`MAX_ATTRS`].
     #[error("attribute list too large")]
@@ -264,6 +264,12 @@ pub async fn read_announcement<R: AsyncBufRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_errors_without_rust_suffix() {
+        let e = AttrError::from(std::io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert_eq!(e.to_string(), "read error: Connection reset by peer");
+    }
 
     #[test]
     fn encode_like_attr_print0() {

@@ -74,6 +74,10 @@ pub struct DaemonOptions {
     /// (Postfix's old queue manager). Also chosen by running as `oqmgr`.
     #[arg(long = "scheduler", value_name = "nqmgr|oqmgr")]
     pub scheduler: Option<String>,
+    /// Print the version (`rqmgr 0.1.0`) and exit. Long form only: `-V`
+    /// is master(8)'s "also log to stderr".
+    #[arg(long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
     /// Unexpected arguments (fatal, as in qmgr).
     #[arg(hide = true)]
     pub extra: Vec<String>,
@@ -117,6 +121,12 @@ mod tests {
             DaemonOptions::try_parse_from(["rqmgr", "-l", "-t", "unix", "--scheduler", "oqmgr"])
                 .unwrap();
         assert_eq!(o.scheduler.as_deref(), Some("oqmgr"));
+        let e = DaemonOptions::try_parse_from(["rqmgr", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            e.to_string(),
+            format!("rqmgr {}\n", env!("CARGO_PKG_VERSION"))
+        );
         let o = DaemonOptions::try_parse_from(["qmgr", "-t", "inet"]).unwrap();
         assert!(o.service_type().is_err());
     }

@@ -113,7 +113,7 @@ impl<R: Read + Seek> RecordReader<R> {
         let buf = self
             .inner
             .fill_buf()
-            .map_err(|e| RecordError::Io(e.to_string()))?;
+            .map_err(|e| RecordError::Io(crate::log::errno_text(&e)))?;
         match buf.first() {
             None => Ok(None),
             Some(&b) => {
@@ -154,7 +154,7 @@ impl<R: Read + Seek> RecordReader<R> {
         let got = (&mut self.inner)
             .take(len)
             .read_to_end(data)
-            .map_err(|e| RecordError::Io(e.to_string()))?;
+            .map_err(|e| RecordError::Io(crate::log::errno_text(&e)))?;
         self.pos += got as u64;
         if (got as u64) < len {
             return Err(RecordError::EofInData(rtype, len));

@@ -22,6 +22,7 @@ pub mod log;
 pub mod sink;
 pub mod smtp;
 pub mod sys;
+pub mod tools;
 
 pub use log::LogLine;
 pub use sink::SmtpSink;
@@ -88,10 +89,16 @@ impl Qmgr {
         }
     }
 
-    /// The program that ROOT/libexec/qmgr points to.
+    /// The program that ROOT/libexec/qmgr points to. For [`Qmgr::Rqmgr`]
+    /// (the `rqmgr::` tests): cargo's build, or the rqmgr binary that
+    /// RQMGR_TEST_QMGR names by absolute path (.ci/test-package runs them
+    /// so against the packaged /usr/lib/postfix/sbin/rqmgr).
     pub fn path(&self) -> PathBuf {
         match self {
-            Qmgr::Rqmgr => PathBuf::from(env!("CARGO_BIN_EXE_rqmgr")),
+            Qmgr::Rqmgr => match std::env::var("RQMGR_TEST_QMGR") {
+                Ok(p) if p.starts_with('/') => PathBuf::from(p),
+                _ => PathBuf::from(env!("CARGO_BIN_EXE_rqmgr")),
+            },
             Qmgr::PostfixQmgr => PathBuf::from(DAEMON_DIR).join("qmgr"),
             Qmgr::PostfixOqmgr => PathBuf::from(DAEMON_DIR).join("oqmgr"),
             Qmgr::Path(p) => p.clone(),
@@ -593,6 +600,35 @@ impl Instance {
     pub fn postqueue_p(&self) -> String {
         let c = self.config_dir();
         self.run_ok(POSTQUEUE, &["-c", &c, "-p"]).stdout
+    }
+
+    /// `postqueue -c ROOT/etc -j`: the queue as JSON, one message a line.
+    pub fn postqueue_j(&self) -> String {
+        let c = self.config_dir();
+        self.run_ok(POSTQUEUE, &["-c", &c, "-j"]).stdout
+    }
+
+    /// `qshape -c ROOT/etc <args>`: the queue's shape by domain and age.
+    pub fn qshape(&self, args: &[&str]) -> String {
+        let c = self.config_dir();
+        let mut all = vec!["-c", c.as_str()];
+        all.extend_from_slice(args);
+        self.run_ok(tools::QSHAPE, &all).stdout
+    }
+
+    /// `postcat -c ROOT/etc <args>` (e.g. `-q ID`): a queue file's records.
+    pub fn postcat(&self, args: &[&str]) -> String {
+        let c = self.config_dir();
+        let mut all = vec!["-c", c.as_str()];
+        all.extend_from_slice(args);
+        self.run_ok(tools::POSTCAT, &all).stdout
+    }
+
+    /// `postlog -c ROOT/etc -i -t tag text`: one line in the instance's log
+    /// (`tag[pid]: text`).
+    pub fn postlog(&self, tag: &str, text: &str) {
+        let c = self.config_dir();
+        self.run_ok(tools::POSTLOG, &["-c", &c, "-i", "-t", tag, text]);
     }
 
     /// `postqueue -c ROOT/etc -f`: flush (retry deferred mail now).
