@@ -97,6 +97,8 @@ pub mod trigger {
 pub mod service {
     /// The socket directory of private services (`MAIL_CLASS_PRIVATE`).
     pub const CLASS_PRIVATE: &str = "private";
+    /// The socket directory of public services (`MAIL_CLASS_PUBLIC`).
+    pub const CLASS_PUBLIC: &str = "public";
     /// The transport that defers recipients via error(8) (`MAIL_SERVICE_RETRY`).
     pub const RETRY: &str = "retry";
     /// The transport that bounces recipients via error(8) (`MAIL_SERVICE_ERROR`).

@@ -8,9 +8,12 @@
 //! (typed getters that store their default back, so that later `$name`
 //! expansions and per-transport lookups see it).
 
+mod domain_list;
 mod expand;
 mod params;
+pub mod table;
 
+pub use domain_list::{DomainList, Verdict};
 pub use expand::{expand, parse_compat_level};
 pub use params::{FeedbackParam, Params, TransportParams, TransportTable};
 

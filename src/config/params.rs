@@ -7,7 +7,7 @@
 use super::{ConfigError, MainCf};
 
 /// Global parameters, all times in seconds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     // Locations and identity.
     pub queue_directory: String,
@@ -64,6 +64,14 @@ pub struct Params {
     pub default_transport_rate_delay: i64,
     pub destination_concurrency_feedback_debug: bool,
     pub address_verify_pending_request_limit: i64,
+    pub address_verify_service_name: String,
+    pub address_verify_negative_cache: bool,
+    /// `fast_flush_domains`, expanded (default `$relay_domains`).
+    pub fast_flush_domains: String,
+    pub flush_service_name: String,
+    /// `parent_domain_matches_subdomains`: the lists where `example.com`
+    /// also matches its subdomains.
+    pub parent_domain_matches_subdomains: Vec<String>,
     pub defer_transports: Vec<String>,
     pub default_filter_nexthop: String,
     pub disable_verp_bounces: bool,
@@ -229,6 +237,12 @@ impl Params {
             0,
         )?;
         cf.get_str("multi_instance_name", "", 0, 0)?;
+        cf.get_str(
+            "relay_domains",
+            "${{$compatibility_level} <level {2} ? {$mydestination} : {}}",
+            0,
+            0,
+        )?;
 
         let p = Params {
             queue_directory: cf.get_str("queue_directory", "/var/spool/postfix", 1, 0)?,
@@ -352,6 +366,16 @@ impl Params {
                 0,
             )?,
             address_verify_pending_request_limit: 0, // set below: depends on the active limit
+            address_verify_service_name: cf.get_str("address_verify_service_name", "verify", 1, 0)?,
+            address_verify_negative_cache: cf.get_bool("address_verify_negative_cache", true)?,
+            fast_flush_domains: cf.get_str("fast_flush_domains", "$relay_domains", 0, 0)?,
+            flush_service_name: cf.get_str("flush_service_name", "flush", 1, 0)?,
+            parent_domain_matches_subdomains: split_list(&cf.get_str(
+                "parent_domain_matches_subdomains",
+                "debug_peer_list,fast_flush_domains,mynetworks,permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
+                0,
+                0,
+            )?),
             // str table.
             defer_transports: split_list(&cf.get_str("defer_transports", "", 0, 0)?),
             default_destination_concurrency_positive_feedback: cf.get_str(

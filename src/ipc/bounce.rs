@@ -5,8 +5,10 @@
 //! "delivers" a recipient itself. Also qmgr's own delivery log lines
 //! (`global/log_adhoc.c`).
 
-use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
-use super::{with_timeout, Dsn, Peer};
+use super::attr::AttrWriter;
+use super::flush::{self, Flush};
+use super::verify::{self, RcptStatus, Verify};
+use super::{Dsn, ServiceError};
 use crate::log::addr;
 use crate::proto::bounce::{
     CMD_APPEND, CMD_FLUSH, CMD_TRACE, CMD_VERP, CMD_WARN, FLAG_DELRCPT, FLAG_KEEP,
@@ -110,19 +112,6 @@ fn notify_request(
     w.into_bytes()
 }
 
-/// Why a request to the bounce, defer or trace service failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("connect to private/{service}: {text}")]
-    Connect { service: String, text: String },
-    #[error("read private/{service}: {error}")]
-    Read { service: String, error: AttrError },
-    #[error("write private/{service}: {text}")]
-    Write { service: String, text: String },
-    #[error("private/{service}: status {status}")]
-    Status { service: String, status: i32 },
-}
-
 /// What qmgr's own disposition of a recipient came to (the status of
 /// `defer_append`, `sent`).
 #[must_use]
@@ -160,37 +149,9 @@ pub fn append_request(flags: u32, queue_id: &str, rcpt: &Recipient, dsn: &Dsn) -
 /// Sends one request to `private/<service>` and returns the service's
 /// status (0 = done). Each step is limited by `timeout`.
 ///
-/// Errors: [`ServiceError`] for a failed connect, write or read (protocol
-/// or timeout); its text is the warning line.
+/// Errors: [`ServiceError`] for a failed connect, write or read.
 pub async fn call(service: &str, request: &[u8], timeout: Duration) -> Result<i32, ServiceError> {
-    let read = |error| ServiceError::Read {
-        service: service.to_string(),
-        error,
-    };
-    let mut peer =
-        Peer::connect(CLASS_PRIVATE, service)
-            .await
-            .map_err(|e| ServiceError::Connect {
-                service: service.to_string(),
-                text: crate::log::errno_text(&e),
-            })?;
-    with_timeout(
-        timeout,
-        super::attr::read_announcement(&mut peer.reader, PROTOCOL),
-    )
-    .await
-    .map_err(read)?;
-    peer.send(request, timeout)
-        .await
-        .map_err(|e| ServiceError::Write {
-            service: service.to_string(),
-            text: crate::log::errno_text(&e),
-        })?;
-    let reply = with_timeout(timeout, AttrList::read(&mut peer.reader))
-        .await
-        .map_err(read)?;
-    let v = reply.expect(&["status"]).map_err(read)?;
-    parse_int("status", v[0]).map_err(read)
+    super::command(CLASS_PRIVATE, service, PROTOCOL, request, timeout).await
 }
 
 /// The time stamps qmgr knows for its own log lines: arrival in the queue
@@ -300,12 +261,15 @@ pub fn adhoc_line(
     line
 }
 
-/// Service names and limits of the bounce/defer/trace clients.
+/// Service names and limits of the bounce/defer/trace clients, and of the
+/// verify and flush clients they use.
 #[derive(Debug, Clone)]
 pub struct Services {
     pub bounce: String,
     pub defer: String,
     pub trace: String,
+    pub verify: Verify,
+    pub flush: Flush,
     pub timeout: Duration,
     /// `delay_logging_resolution_limit`.
     pub max_dig: u32,
@@ -345,6 +309,7 @@ pub async fn trace_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Result
     {
         Ok(0) => Ok(()),
         Ok(status) => Err(ServiceError::Status {
+            class: CLASS_PRIVATE,
             service: svc.trace.clone(),
             status,
         }),
@@ -367,14 +332,68 @@ fn with_class(dsn: &Dsn, class: u8, caller: &str) -> Dsn {
     d
 }
 
+/// Records an address verification probe's result with verify(8) and logs
+/// `status=<action>` (`verify_append`): `action` is `deliverable` or
+/// `undeliverable`; without `address_verify_negative_cache` a failure is
+/// not recorded and logged as `undeliverable-but-not-cached`. Both the
+/// original and the final address are updated.
+async fn verify_append(
+    svc: &Services,
+    r: &Disposal<'_>,
+    dsn: &Dsn,
+    status: RcptStatus,
+) -> Disposed {
+    let rcpt = r.rcpt;
+    let mut shown = dsn.clone();
+    let mut ok = true;
+    if svc.verify.negative_cache || status == RcptStatus::Ok {
+        if !rcpt.orig_rcpt.is_empty() {
+            ok = svc
+                .verify
+                .update(&rcpt.orig_rcpt, status, &dsn.reason)
+                .await
+                == verify::STAT_OK;
+        }
+        if ok && rcpt.address != rcpt.orig_rcpt {
+            ok = svc.verify.update(&rcpt.address, status, &dsn.reason).await == verify::STAT_OK;
+        }
+    } else {
+        shown.action = b"undeliverable-but-not-cached".to_vec();
+    }
+    if ok {
+        let action = String::from_utf8_lossy(&shown.action).into_owned();
+        tracing::info!(
+            "{}",
+            adhoc_line(
+                r.queue_id,
+                &r.stats,
+                rcpt,
+                r.relay,
+                dsn,
+                &action,
+                svc.max_dig
+            )
+        );
+        Disposed::Done
+    } else {
+        tracing::warn!("{}: {} service failure", r.queue_id, svc.verify.service);
+        Disposed::Retry
+    }
+}
+
 /// qmgr defers a recipient itself (`defer_append`): a non-4.x.x code becomes
-/// 4.0.0; the recipient goes into the defer log; the `status=deferred` line
-/// is logged. The message must then be retried, except for a user's
-/// address verification (`sendmail -bv`), which only records the result.
+/// 4.0.0. An address verification probe's result goes to verify(8), a
+/// user's verification request (`sendmail -bv`) to the trace log; other
+/// mail goes into the defer log with a `status=deferred` line, the trace
+/// log if the sender asked for every delivery, and the recipient's domain
+/// to the fast flush log. Other mail must then be retried.
 pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Disposed {
     let (flags, queue_id, rcpt) = (r.flags, r.queue_id, r.rcpt);
     let mut d = with_class(dsn, b'4', "defer_append");
-    d.action = b"delayed".to_vec();
+    if flags & del_flag::MTA_VRFY != 0 {
+        d.action = b"undeliverable".to_vec();
+        return verify_append(svc, r, &d, RcptStatus::Defer).await;
+    }
     if flags & del_flag::USR_VRFY != 0 {
         d.action = b"undeliverable".to_vec();
         return match trace_append(svc, r, &d).await {
@@ -382,6 +401,7 @@ pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Dispos
             Err(_) => Disposed::Retry,
         };
     }
+    d.action = b"delayed".to_vec();
     match call(
         &svc.defer,
         &append_request(flags, queue_id, rcpt, &d),
@@ -407,16 +427,35 @@ pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Dispos
     if flags & del_flag::RECORD != 0 && trace_append(svc, r, &d).await.is_err() {
         tracing::warn!("{queue_id}: {} service failure", svc.trace);
     }
+    if let Some(site) = crate::address::domain(&rcpt.address) {
+        let site = String::from_utf8_lossy(site);
+        match svc.flush.add(&site, queue_id).await {
+            Ok(flush::STAT_OK | flush::STAT_DENY) => {}
+            Ok(_) | Err(_) => tracing::warn!("{queue_id}: {} service failure", svc.flush.service),
+        }
+    }
     Disposed::Retry
 }
 
 /// qmgr "delivers" a recipient itself (`sent`, used to discard mail for the
-/// double-bounce address): logs `status=sent`, tracing first when the
-/// message or recipient asks for it. On a trace failure the recipient is
-/// deferred instead.
+/// double-bounce address): a probe's result goes to verify(8), a user's
+/// verification request to the trace log; other mail is traced first when
+/// the message or recipient asks for it, then logged `status=sent`. On a
+/// trace failure the recipient is deferred instead.
 pub async fn sent(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Disposed {
     let (flags, queue_id, rcpt) = (r.flags, r.queue_id, r.rcpt);
     let mut d = with_class(dsn, b'2', "sent");
+    if flags & del_flag::MTA_VRFY != 0 {
+        d.action = b"deliverable".to_vec();
+        return verify_append(svc, r, &d, RcptStatus::Ok).await;
+    }
+    if flags & del_flag::USR_VRFY != 0 {
+        d.action = b"deliverable".to_vec();
+        return match trace_append(svc, r, &d).await {
+            Ok(()) => Disposed::Done,
+            Err(_) => Disposed::Retry,
+        };
+    }
     if d.action.is_empty() {
         d.action = b"delivered".to_vec();
     }
@@ -424,14 +463,11 @@ pub async fn sent(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Disposed {
     let rec_dly = flags & del_flag::REC_DLY_SENT != 0
         && (rcpt.dsn_notify == 0 || rcpt.dsn_notify & dsn_notify::DELAY != 0);
     let mut ok = true;
-    if rec_all || rec_dly || flags & del_flag::USR_VRFY != 0 {
+    if rec_all || rec_dly {
         ok = trace_append(svc, r, &d).await.is_ok();
     }
     if ok && rcpt.dsn_notify & dsn_notify::SUCCESS != 0 {
         ok = trace_append(svc, r, &d).await.is_ok();
-    }
-    if flags & del_flag::USR_VRFY != 0 {
-        return if ok { Disposed::Done } else { Disposed::Retry };
     }
     if ok {
         tracing::info!(

@@ -8,7 +8,9 @@
 pub mod attr;
 pub mod bounce;
 pub mod deliver;
+pub mod flush;
 pub mod rewrite;
+pub mod verify;
 
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -98,6 +100,95 @@ impl Peer {
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
+}
+
+/// Why a request to a Postfix service failed (the text of the warning).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("connect to {class}/{service}: {text}")]
+    Connect {
+        class: &'static str,
+        service: String,
+        text: String,
+    },
+    #[error("read {class}/{service}: {error}")]
+    Read {
+        class: &'static str,
+        service: String,
+        error: attr::AttrError,
+    },
+    #[error("write {class}/{service}: {text}")]
+    Write {
+        class: &'static str,
+        service: String,
+        text: String,
+    },
+    #[error("{class}/{service}: status {status}")]
+    Status {
+        class: &'static str,
+        service: String,
+        status: i32,
+    },
+}
+
+impl ServiceError {
+    /// What went wrong, without the service's name (Postfix's `%m`).
+    pub fn cause(&self) -> String {
+        match self {
+            ServiceError::Connect { text, .. } | ServiceError::Write { text, .. } => text.clone(),
+            ServiceError::Read { error, .. } => error.to_string(),
+            ServiceError::Status { status, .. } => format!("status {status}"),
+        }
+    }
+
+    /// The connection failed because the socket does not exist (the
+    /// service is not configured or master is not running it).
+    pub fn no_such_socket(&self) -> bool {
+        matches!(self, ServiceError::Connect { text, .. } if text == "No such file or directory")
+    }
+}
+
+/// One request to a Postfix service (`mail_command_client`): connect to
+/// `class/service`, read its `protocol` announcement, send `request` (one
+/// encoded attribute list), read the `status` reply. Each step is limited
+/// by `timeout`.
+///
+/// Errors: [`ServiceError`] for a failed connect, write or read (protocol
+/// or timeout).
+pub async fn command(
+    class: &'static str,
+    service: &str,
+    protocol: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<i32, ServiceError> {
+    let read = |error| ServiceError::Read {
+        class,
+        service: service.to_string(),
+        error,
+    };
+    let mut peer = Peer::connect(class, service)
+        .await
+        .map_err(|e| ServiceError::Connect {
+            class,
+            service: service.to_string(),
+            text: crate::log::errno_text(&e),
+        })?;
+    with_timeout(timeout, attr::read_announcement(&mut peer.reader, protocol))
+        .await
+        .map_err(read)?;
+    peer.send(request, timeout)
+        .await
+        .map_err(|e| ServiceError::Write {
+            class,
+            service: service.to_string(),
+            text: crate::log::errno_text(&e),
+        })?;
+    let reply = with_timeout(timeout, attr::AttrList::read(&mut peer.reader))
+        .await
+        .map_err(read)?;
+    let v = reply.expect(&["status"]).map_err(read)?;
+    attr::parse_int("status", v[0]).map_err(read)
 }
 
 /// Runs `fut` with a time limit; a timeout becomes an I/O `TimedOut` error.

@@ -49,6 +49,8 @@ pub(super) struct Message {
     pub(super) facts: MessageFacts,
     /// Where completion stands.
     pub(super) stage: Stage,
+    /// An address verification probe, counted in `Core::probes`.
+    pub(super) probe: bool,
 }
 
 /// What the shell read from a message's queue file: the envelope facts
@@ -151,6 +153,7 @@ impl<R> Core<R> {
             retry: false,
             facts: MessageFacts::default(),
             stage: Stage::Open,
+            probe: false,
         })
     }
 
@@ -186,6 +189,10 @@ impl<R> Core<R> {
         m.fresh = false;
         m.refill_time = secs;
         m.single_rcpt = facts.verp;
+        if !m.probe && facts.tflags & deliver_flag::MTA_VRFY != 0 {
+            m.probe = true;
+            self.probes += 1;
+        }
         m.facts = facts;
     }
 
@@ -287,7 +294,9 @@ impl<R> Core<R> {
     /// `qmgr_message_resolve`): resolver failures go to `retry`, bad
     /// syntax and null recipients to `error`, forced expiry to `retry`, the
     /// local double-bounce address is discarded, and `defer_transports` go
-    /// to `retry` unless the message is flushed. `None` means discard.
+    /// to `retry` unless the message is flushed, and so do address
+    /// verification probes beyond `address_verify_pending_request_limit`
+    /// in core. `None` means discard.
     fn route_overrides(&self, msg: MessageId, res: &mut Resolution) -> Option<()> {
         let redirect = |res: &mut Resolution, transport: &str, nexthop: &str| {
             res.transport = transport.into();
@@ -320,6 +329,13 @@ impl<R> Core<R> {
             && self.settings.defer_transports.contains(&res.transport)
         {
             redirect(res, service::RETRY, "4.3.2 deferred transport");
+        }
+        if self.messages[msg].probe && self.probes > self.settings.probe_limit {
+            redirect(
+                res,
+                service::RETRY,
+                "4.3.2 Too many address verification requests",
+            );
         }
         Some(())
     }
@@ -521,7 +537,9 @@ impl<R> Core<R> {
         for job in m.jobs.clone() {
             self.job_free(job);
         }
-        self.messages.remove(msg);
+        if self.messages.remove(msg).probe {
+            self.probes -= 1;
+        }
     }
 }
 

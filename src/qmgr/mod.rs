@@ -165,6 +165,9 @@ pub struct Settings {
     pub myhostname: String,
     /// `disable_verp_bounces`.
     pub disable_verp_bounces: bool,
+    /// `address_verify_pending_request_limit`: probes in core beyond this
+    /// are deferred.
+    pub probe_limit: i64,
 }
 
 impl Settings {
@@ -191,6 +194,7 @@ impl Settings {
             default_filter_nexthop: String::new(),
             myhostname: "localhost".into(),
             disable_verp_bounces: false,
+            probe_limit: 5000,
         }
     }
 
@@ -218,6 +222,7 @@ impl Settings {
             default_filter_nexthop: p.default_filter_nexthop.clone(),
             myhostname: p.myhostname.clone(),
             disable_verp_bounces: p.disable_verp_bounces,
+            probe_limit: p.address_verify_pending_request_limit,
         }
     }
 }
@@ -282,6 +287,8 @@ pub struct Core<R> {
     messages: Slab<MessageId, message::Message>,
     /// Recipients in the core (`qmgr_recipient_count`).
     recipient_count: i64,
+    /// Address verification probes in the core (`qmgr_vrfy_pend_count`).
+    probes: i64,
     actions: VecDeque<Action<R>>,
     events: VecDeque<Event>,
     timers: BTreeMap<TimerKey, Timer>,
@@ -316,6 +323,7 @@ impl<R> Core<R> {
             job_by_key: HashMap::new(),
             messages: Slab::default(),
             recipient_count: 0,
+            probes: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             timers: BTreeMap::new(),

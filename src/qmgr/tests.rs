@@ -776,3 +776,27 @@ fn a_crashed_agent_is_not_news_about_the_destination() {
     assert!(c.agent_ready("smtp", now).is_some());
     c.check_invariants().unwrap();
 }
+
+#[test]
+fn probes_beyond_the_pending_limit_go_to_retry() {
+    let now = Instant::now();
+    let mut settings = Settings::postfix_defaults(Strategy::Nqmgr);
+    settings.probe_limit = 1;
+    let mut c: Core<u32> = Core::new(settings, Box::new(params_for), now);
+    let probe = MessageFacts {
+        tflags: crate::proto::deliver_flag::MTA_VRFY,
+        ..MessageFacts::default()
+    };
+    for i in 0..2 {
+        let m = c.message_new(ScanFlags::START, now);
+        c.batch_read(m, probe.clone(), now);
+        assign(&mut c, m, now, &[("smtp", "v.example", "p@v.example", i)]);
+    }
+    assert!(c.window("smtp", "v.example").is_some());
+    assert!(c
+        .window("retry", "4.3.2 too many address verification requests")
+        .is_some());
+    // An ordinary message is not affected.
+    message(&mut c, now, &[("smtp", "w.example", "x@w.example", 9)]);
+    assert!(c.window("smtp", "w.example").is_some());
+}

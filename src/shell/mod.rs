@@ -21,9 +21,11 @@ mod complete;
 mod feed;
 pub mod logging;
 
-use crate::config::{MainCf, Params, TransportTable};
+use crate::config::{DomainList, MainCf, Params, TransportTable};
 use crate::ipc::bounce::Services;
+use crate::ipc::flush::Flush;
 use crate::ipc::rewrite::Resolver;
+use crate::ipc::verify::Verify;
 use crate::master::{Flow, TriggerBytes, Watchdog};
 use crate::qfile::{Envelope, Recipient};
 use crate::qmgr::scan::{FeedOrder, ScanQueue};
@@ -125,6 +127,22 @@ impl Daemon {
                 bounce: params.bounce_service_name.clone(),
                 defer: params.defer_service_name.clone(),
                 trace: params.trace_service_name.clone(),
+                verify: Verify {
+                    service: params.address_verify_service_name.clone(),
+                    negative_cache: params.address_verify_negative_cache,
+                    timeout: ipc_timeout,
+                },
+                flush: Flush {
+                    service: params.flush_service_name.clone(),
+                    domains: DomainList::parse(
+                        &params.fast_flush_domains,
+                        params
+                            .parent_domain_matches_subdomains
+                            .iter()
+                            .any(|n| n == "fast_flush_domains"),
+                    ),
+                    timeout: ipc_timeout,
+                },
                 timeout: ipc_timeout,
                 max_dig: params.delay_logging_resolution_limit as u32,
             },

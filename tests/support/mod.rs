@@ -147,6 +147,8 @@ pub struct Opts {
     /// Extra master.cf lines, appended after the standard services (e.g. a
     /// clone of smtp under another name: `rated unix - - n - - smtp`).
     pub services: Vec<String>,
+    /// Standard services left out of master.cf (e.g. `retry`).
+    pub omit_services: Vec<String>,
     /// Some(seconds): also start a second smtp-sink, for route
     /// `slow.example`, that waits that long before it answers DATA
     /// (`smtp-sink -w seconds`). See [`Instance::slow_sink`].
@@ -171,6 +173,7 @@ impl Opts {
             qmgr_args: Vec::new(),
             transports: Vec::new(),
             services: Vec::new(),
+            omit_services: Vec::new(),
             slow_sink_delay: None,
         }
     }
@@ -226,6 +229,12 @@ impl Opts {
     /// `rated unix - - n - - smtp`.
     pub fn service(mut self, line: &str) -> Opts {
         self.services.push(line.to_string());
+        self
+    }
+
+    /// Leaves the standard service `name` out of master.cf.
+    pub fn omit_service(mut self, name: &str) -> Opts {
+        self.omit_services.push(name.to_string());
         self
     }
 
@@ -476,7 +485,7 @@ impl Instance {
         } else {
             ""
         };
-        let mut master = format!(
+        let master = format!(
             "# service type  private unpriv  chroot  wakeup  maxproc command + args\n\
              127.0.0.1:{port} inet n - n - - smtpd\n\
              pickup    unix  n       -       n       60      1       pickup\n\
@@ -511,6 +520,14 @@ impl Instance {
                 .map(|a| format!(" {a}"))
                 .collect::<String>(),
         );
+        let mut master: String = master
+            .lines()
+            .filter(|l| {
+                let name = l.split_whitespace().next().unwrap_or("");
+                !self.opts.omit_services.iter().any(|o| o == name)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         for line in &self.opts.services {
             let _ = writeln!(master, "{line}");
         }
