@@ -113,19 +113,24 @@ impl Scanner {
                     let Some(name) = name.to_str() else { continue };
                     if name.len() == 1 {
                         let sub = dir.join(name);
+                        // Postfix follows a symbolic link here, out of the
+                        // queue directory if it points there; rqmgr does not.
+                        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                            tracing::warn!("{}: symbolic link: not scanned", sub.display());
+                            continue;
+                        }
                         match std::fs::read_dir(&sub) {
                             Ok(rd) => stack.push((sub, rd)),
-                            Err(e) => {
-                                if e.kind() != std::io::ErrorKind::NotFound
-                                    && e.raw_os_error() != Some(libc::ENOTDIR)
-                                {
-                                    tracing::warn!(
-                                        "open directory {}: {}",
-                                        sub.display(),
-                                        crate::log::errno_text(&e)
-                                    );
-                                }
+                            // Postfix ends here (scan_dir_push's fatal);
+                            // rqmgr says so and scans the rest.
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                tracing::warn!(
+                                    "scan_dir_push: open directory {}: {}",
+                                    sub.display(),
+                                    crate::log::errno_text(&e)
+                                );
                             }
+                            Err(_) => {}
                         }
                     } else {
                         return Some(name.to_string());
