@@ -137,7 +137,9 @@ def finish(run, log, sampler):
     u, s = sampler.user_system_seconds()
     run.notes.append(f"qmgr user/system CPU over its life {u:.2f}/{s:.2f} s")
     if len(sampler.pids()) > 1:
-        run.notes.append(f"queue manager pids: {sampler.pids()} (restarted)")
+        pids = sampler.pids()
+        run.notes.append(f"{len(pids)} queue manager processes (restarted), pids "
+                         + " ".join(map(str, pids[:5])) + (" ..." if len(pids) > 5 else ""))
 
 
 # ---- checks ------------------------------------------------------------------
