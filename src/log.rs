@@ -39,6 +39,12 @@ struct Logger {
     sink: Sink,
     stderr: bool,
     verbose: bool,
+    /// Our pid (the daemon never forks).
+    pid: u32,
+    /// The time stamp of the current second: (time, text).
+    stamp: (libc::time_t, String),
+    /// The line being built (reused).
+    line: String,
 }
 
 static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
@@ -239,6 +245,9 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
         sink,
         stderr: setup.stderr,
         verbose: setup.verbose,
+        pid: std::process::id(),
+        stamp: (-1, String::new()),
+        line: String::with_capacity(512),
     };
     match LOGGER.get() {
         Some(m) => *m.lock().unwrap_or_else(|e| e.into_inner()) = logger,
@@ -309,23 +318,29 @@ fn truncate(text: &str) -> &str {
     &text[..end]
 }
 
-fn local_timestamp() -> String {
+/// `Mmm dd hh:mm:ss ` for the current second, formatted once per second.
+fn local_timestamp(cache: &mut (libc::time_t, String)) -> &str {
     let mut now: libc::time_t = 0;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let mut buf = [0u8; 64];
-    // SAFETY: time/localtime_r/strftime write only into the locals passed,
-    // and the format string is NUL-terminated.
-    let len = unsafe {
-        libc::time(&mut now);
-        libc::localtime_r(&now, &mut tm);
-        libc::strftime(
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            c"%b %d %H:%M:%S ".as_ptr(),
-            &tm,
-        )
-    };
-    String::from_utf8_lossy(&buf[..len]).into_owned()
+    // SAFETY: time writes only into the local passed.
+    unsafe { libc::time(&mut now) };
+    if cache.0 != now {
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let mut buf = [0u8; 64];
+        // SAFETY: localtime_r/strftime write only into the locals passed,
+        // and the format string is NUL-terminated.
+        let len = unsafe {
+            libc::localtime_r(&now, &mut tm);
+            libc::strftime(
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                c"%b %d %H:%M:%S ".as_ptr(),
+                &tm,
+            )
+        };
+        cache.0 = now;
+        cache.1 = String::from_utf8_lossy(&buf[..len]).into_owned();
+    }
+    &cache.1
 }
 
 fn emit(sev: Severity, text: &str) {
@@ -335,12 +350,13 @@ fn emit(sev: Severity, text: &str) {
         eprintln!("postfix/qmgr: {}{}", sev.prefix(), text);
         return;
     };
-    let mut logger = lock.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = std::process::id();
+    let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let logger = &mut *guard;
+    let pid = logger.pid;
     if logger.stderr {
         eprintln!("{}: {}{}", logger.tag, sev.prefix(), text);
     }
-    let tag = logger.tag.clone();
+    let tag = &logger.tag;
     match &mut logger.sink {
         Sink::Syslog => {
             let line = format!("{}{}", sev.prefix(), text);
@@ -355,15 +371,10 @@ fn emit(sev: Severity, text: &str) {
             hostname,
         } => {
             let host = hostname.split('.').next().unwrap_or("");
-            let line = format!(
-                "{}{} {}[{}]: {}{}",
-                local_timestamp(),
-                host,
-                tag,
-                pid,
-                sev.prefix(),
-                text
-            );
+            let line = &mut logger.line;
+            line.clear();
+            line.push_str(local_timestamp(&mut logger.stamp));
+            let _ = write!(line, "{host} {tag}[{pid}]: {}{text}", sev.prefix());
             if sock.is_none() {
                 *sock = connect_postlog(path);
             }
@@ -420,7 +431,7 @@ impl<S: Subscriber> Layer<S> for PostfixLayer {
             }
             Severity::Info
         };
-        let mut v = MessageVisitor(String::new());
+        let mut v = MessageVisitor(String::with_capacity(256));
         event.record(&mut v);
         emit(sev, &v.0);
     }

@@ -24,7 +24,7 @@ impl AttrWriter {
     /// An empty buffer.
     pub fn new() -> AttrWriter {
         AttrWriter {
-            buf: Vec::with_capacity(512),
+            buf: Vec::with_capacity(1024),
         }
     }
 
@@ -36,16 +36,24 @@ impl AttrWriter {
     /// `name\0<u32 decimal>\0` (ATTR_TYPE_INT; negative ints are sent as their
     /// unsigned 32-bit value by the caller's cast).
     pub fn int(&mut self, name: &str, value: u32) -> &mut Self {
-        self.name(name);
-        self.buf.extend_from_slice(value.to_string().as_bytes());
-        self.buf.push(0);
-        self
+        self.long(name, u64::from(value))
     }
 
     /// `name\0<u64 decimal>\0` (ATTR_TYPE_LONG).
     pub fn long(&mut self, name: &str, value: u64) -> &mut Self {
         self.name(name);
-        self.buf.extend_from_slice(value.to_string().as_bytes());
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = value;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.buf.extend_from_slice(&digits[i..]);
         self.buf.push(0);
         self
     }
@@ -67,8 +75,12 @@ impl AttrWriter {
     /// `name\0<base64>\0` (ATTR_TYPE_DATA).
     pub fn data(&mut self, name: &str, value: &[u8]) -> &mut Self {
         self.name(name);
-        let enc = base64::engine::general_purpose::STANDARD.encode(value);
-        self.buf.extend_from_slice(enc.as_bytes());
+        let start = self.buf.len();
+        self.buf.resize(start + value.len().div_ceil(3) * 4, 0);
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(value, &mut self.buf[start..])
+            .expect("room for base64");
+        self.buf.truncate(start + n);
         self.buf.push(0);
         self
     }

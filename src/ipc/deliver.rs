@@ -110,7 +110,9 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
             del_flag::DEFLT
         };
     let stats = msg_stats(env.arrival, req.active_arrival);
-    let s = |o: &Option<Vec<u8>>| o.clone().unwrap_or_default();
+    fn s(o: &Option<Vec<u8>>) -> &[u8] {
+        o.as_deref().unwrap_or(b"")
+    }
     let mut w = AttrWriter::new();
     w.int("flags", flags)
         .str("queue_name", b"active")
@@ -124,15 +126,15 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
         .str("envelope_id", &env.dsn_envid)
         .int("ret_flags", env.dsn_ret)
         .data("time", &stats)
-        .str("log_client_name", &s(&env.client_name))
-        .str("log_client_address", &s(&env.client_addr))
-        .str("log_client_port", &s(&env.client_port))
-        .str("log_protocol_name", &s(&env.client_proto))
-        .str("log_helo_name", &s(&env.client_helo))
-        .str("sasl_method", &s(&env.sasl_method))
-        .str("sasl_username", &s(&env.sasl_username))
-        .str("sasl_sender", &s(&env.sasl_sender))
-        .str("log_ident", &s(&env.log_ident))
+        .str("log_client_name", s(&env.client_name))
+        .str("log_client_address", s(&env.client_addr))
+        .str("log_client_port", s(&env.client_port))
+        .str("log_protocol_name", s(&env.client_proto))
+        .str("log_helo_name", s(&env.client_helo))
+        .str("sasl_method", s(&env.sasl_method))
+        .str("sasl_username", s(&env.sasl_username))
+        .str("sasl_sender", s(&env.sasl_sender))
+        .str("log_ident", s(&env.log_ident))
         .str(
             "rewrite_context",
             env.rewrite_context.as_deref().unwrap_or(b"local"),

@@ -72,6 +72,10 @@ pub fn dsn_valid(code: &[u8]) -> bool {
             .all(|p| p.bytes().all(|c| c.is_ascii_digit()))
 }
 
+/// Read buffer of a peer connection, bytes (tokio zero-fills it on every
+/// connect, so it stays small).
+const PEER_BUFFER: usize = 1024;
+
 /// A connected peer: a buffered read half and the write half.
 pub struct Peer {
     pub reader: BufReader<tokio::net::unix::OwnedReadHalf>,
@@ -86,7 +90,8 @@ impl Peer {
         let stream = UnixStream::connect(format!("{class}/{service}")).await?;
         let (r, w) = stream.into_split();
         Ok(Peer {
-            reader: BufReader::new(r),
+            // Replies are small; a large token is read in several fills.
+            reader: BufReader::with_capacity(PEER_BUFFER, r),
             writer: w,
         })
     }

@@ -151,13 +151,20 @@ impl<R: Read + Seek> RecordReader<R> {
             return Err(RecordError::EofInData(rtype, len));
         }
         data.reserve(len as usize);
-        let got = (&mut self.inner)
-            .take(len)
-            .read_to_end(data)
-            .map_err(|e| RecordError::Io(crate::log::errno_text(&e)))?;
-        self.pos += got as u64;
-        if (got as u64) < len {
-            return Err(RecordError::EofInData(rtype, len));
+        let mut left = len as usize;
+        while left > 0 {
+            let buf = self
+                .inner
+                .fill_buf()
+                .map_err(|e| RecordError::Io(crate::log::errno_text(&e)))?;
+            if buf.is_empty() {
+                return Err(RecordError::EofInData(rtype, len));
+            }
+            let n = buf.len().min(left);
+            data.extend_from_slice(&buf[..n]);
+            self.inner.consume(n);
+            self.pos += n as u64;
+            left -= n;
         }
         Ok(Some(rtype))
     }
