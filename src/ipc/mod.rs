@@ -76,23 +76,29 @@ pub fn dsn_valid(code: &[u8]) -> bool {
 /// connect, so it stays small).
 const PEER_BUFFER: usize = 1024;
 
-/// A connected peer: a buffered read half and the write half.
+/// A connected peer: one socket, read through a buffer.
 pub struct Peer {
-    pub reader: BufReader<tokio::net::unix::OwnedReadHalf>,
-    pub writer: tokio::net::unix::OwnedWriteHalf,
+    pub reader: BufReader<UnixStream>,
 }
 
 impl Peer {
-    /// Connects to `class/service` (relative to the queue directory).
+    /// Connects to `class/service` (relative to the queue directory). A
+    /// local connect completes at once; only when the service's listen
+    /// queue is full does it wait, the way tokio connects.
     ///
     /// Errors: the connect error.
     pub async fn connect(class: &str, service: &str) -> std::io::Result<Peer> {
-        let stream = UnixStream::connect(format!("{class}/{service}")).await?;
-        let (r, w) = stream.into_split();
+        let path = format!("{class}/{service}");
+        let stream = match connect_now(&path) {
+            Ok(s) => UnixStream::from_std(s)?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                UnixStream::connect(&path).await?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Peer {
             // Replies are small; a large token is read in several fills.
-            reader: BufReader::with_capacity(PEER_BUFFER, r),
-            writer: w,
+            reader: BufReader::with_capacity(PEER_BUFFER, stream),
         })
     }
 
@@ -100,10 +106,57 @@ impl Peer {
     ///
     /// Errors: the write error, or `TimedOut`.
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-        match tokio::time::timeout(timeout, self.writer.write_all(bytes)).await {
+        match tokio::time::timeout(timeout, self.reader.get_mut().write_all(bytes)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
+    }
+}
+
+/// A non-blocking connect to a local socket: done at once, or
+/// `WouldBlock` when the listen queue is full.
+fn connect_now(path: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) returns a new descriptor we own (or -1).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours; the stream closes it on every path below.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= sun.sun_path.len() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    for (d, &b) in sun.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: connect with a valid sockaddr_un of length `len`.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sun as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(stream)
+    } else {
+        let e = std::io::Error::last_os_error();
+        Err(if e.raw_os_error() == Some(libc::EAGAIN) {
+            std::io::ErrorKind::WouldBlock.into()
+        } else {
+            e
+        })
     }
 }
 

@@ -154,14 +154,14 @@ impl Flow {
     }
 
     /// One round of qmgr's flow control (`qmgr_loop`): keep
-    /// `default_process_limit` tokens in the pipe; after feeding a message
-    /// from incoming give one back; while an incoming scan runs, do not
-    /// refill beyond that.
-    pub fn regulate(target: usize, fed_from_incoming: bool, incoming_scan_running: bool) {
+    /// `default_process_limit` tokens in the pipe; after feeding messages
+    /// from incoming give one back for each (up to the target); while an
+    /// incoming scan runs, do not refill beyond that.
+    pub fn regulate(target: usize, fed_from_incoming: usize, incoming_scan_running: bool) {
         let Some(count) = Flow::count() else { return };
         if count < target {
-            if fed_from_incoming {
-                Flow::put(1);
+            if fed_from_incoming > 0 {
+                Flow::put(fed_from_incoming.min(target - count));
             } else if !incoming_scan_running {
                 Flow::put(target - count);
             }

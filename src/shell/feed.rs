@@ -67,7 +67,7 @@ impl Daemon {
             return false;
         }
         let (qflags, new_mode) = feed_flags(scan_flags, meta.permissions().mode());
-        self.message_alloc(id, qflags, new_mode).await
+        self.message_alloc(id, qflags, new_mode, meta.len()).await
     }
 
     /// Opens, locks and reads a message, resolves and assigns its first
@@ -79,11 +79,13 @@ impl Daemon {
         id: &str,
         qflags: crate::qmgr::ScanFlags,
         new_mode: Option<u32>,
+        size: u64,
     ) -> bool {
         let Some(file) = QueueFile::open(&self.spool, id) else {
             self.spool.save_corrupt(id);
             return false;
         };
+        let file = file.with_size(size);
         if file.try_lock() == Lock::Busy {
             tracing::info!("{id}: skipped, still being delivered");
             drop(file);

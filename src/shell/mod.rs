@@ -201,12 +201,14 @@ impl Daemon {
             }
             self.core.handle_timeout(Instant::now());
             self.carry_out_actions().await;
+            // One message per round, as qmgr_loop: feeding faster than the
+            // agents deliver would only fill memory.
             let (produced, fed_incoming) = self.feed_one().await;
             self.carry_out_actions().await;
             if self.params.in_flow_delay > 0 {
                 Flow::regulate(
                     self.params.default_process_limit as usize,
-                    fed_incoming,
+                    usize::from(fed_incoming),
                     self.scans.incoming.in_progress(),
                 );
             }

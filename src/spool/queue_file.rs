@@ -19,6 +19,9 @@ use std::path::PathBuf;
 pub struct QueueFile {
     file: File,
     path: PathBuf,
+    /// The size as the caller already knows it (from the lstat before the
+    /// file was moved into active), to spare an fstat.
+    known_size: Option<u64>,
 }
 
 /// The outcome of [`QueueFile::try_lock`].
@@ -41,7 +44,11 @@ impl QueueFile {
             IfVanished::Warn,
             || format!("open {ACTIVE} {id}"),
         )?;
-        Some(QueueFile { file, path })
+        Some(QueueFile {
+            file,
+            path,
+            known_size: None,
+        })
     }
 
     /// The open file, for reading records.
@@ -56,7 +63,14 @@ impl QueueFile {
 
     /// The file size in bytes (0 if it cannot be read).
     pub fn size(&self) -> u64 {
-        self.file.metadata().map(|md| md.len()).unwrap_or(0)
+        self.known_size
+            .unwrap_or_else(|| self.file.metadata().map(|md| md.len()).unwrap_or(0))
+    }
+
+    /// Records the size the caller already knows (bytes).
+    pub fn with_size(mut self, size: u64) -> QueueFile {
+        self.known_size = Some(size);
+        self
     }
 
     /// Takes the exclusive, non-blocking lock Postfix's delivery agents
