@@ -66,6 +66,7 @@ impl Daemon {
                 let now = crate::now_secs();
                 self.spool
                     .defer(&id, spool::ACTIVE, spool::DEFERRED, now, delay);
+                self.scans.deferred.added(&id, now + delay);
                 Some(Fact::Done)
             }
             Step::Remove => {

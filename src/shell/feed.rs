@@ -14,7 +14,7 @@ use crate::qmgr::active::{feed_due, feed_flags, LOCKED_RETRY_DELAY};
 use crate::qmgr::message::resolve_order;
 use crate::qmgr::scan::ScanQueue;
 use crate::qmgr::{Lookup, MessageFacts, MessageId, Resolution};
-use crate::spool::{self, IfVanished, Lock, QueueFile};
+use crate::spool::{self, IfVanished, Lock, Next, QueueFile};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Instant;
 
@@ -31,12 +31,16 @@ impl Daemon {
                 break;
             }
             last = Some(q);
-            if let Some(id) = self.scans.get(q).next_id() {
-                produced = true;
-                if self.feed(q, &id).await {
-                    fed_incoming = q == ScanQueue::Incoming;
-                    break;
+            match self.scans.next_id(q) {
+                Next::Id(id) => {
+                    produced = true;
+                    if self.feed(q, &id).await {
+                        fed_incoming = q == ScanQueue::Incoming;
+                        break;
+                    }
                 }
+                Next::Again => produced = true,
+                Next::Done => {}
             }
         }
         self.feed_order.advance(last, self.core.has_room());
@@ -46,8 +50,7 @@ impl Daemon {
     /// Moves one queue file into `active` and reads it into memory
     /// (`qmgr_active_feed`). Returns true if the message was taken in.
     async fn feed(&mut self, q: ScanQueue, id: &str) -> bool {
-        let scanner = self.scans.get(q);
-        let (queue, scan_flags) = (scanner.queue(), scanner.flags());
+        let (queue, scan_flags) = self.scans.run(q);
         let Some(meta) = self.spool.open_ok(queue, id) else {
             return false;
         };

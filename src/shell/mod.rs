@@ -30,10 +30,24 @@ use crate::master::{Flow, TriggerBytes, Watchdog};
 use crate::qfile::{Envelope, Recipient};
 use crate::qmgr::scan::{FeedOrder, ScanQueue};
 use crate::qmgr::{Action, Core, Event, MessageId, ScanFlags, Settings, Strategy};
-use crate::spool::{self, Scanner, Spool};
+use crate::spool::{self, DeferredScanner, Next, Scanner, Spool};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
+
+/// Resolves when `fd` is readable (never without one), clearing the
+/// readiness for the next wait.
+async fn wait_readable(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => match fd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
 
 /// What tasks report to the event loop.
 enum Report {
@@ -67,14 +81,23 @@ struct InCore {
 /// The two scanners, by queue.
 struct Scans {
     incoming: Scanner,
-    deferred: Scanner,
+    deferred: DeferredScanner,
 }
 
 impl Scans {
-    fn get(&mut self, q: ScanQueue) -> &mut Scanner {
+    /// The next name of queue `q`'s scan.
+    fn next_id(&mut self, q: ScanQueue) -> Next {
         match q {
-            ScanQueue::Incoming => &mut self.incoming,
-            ScanQueue::Deferred => &mut self.deferred,
+            ScanQueue::Incoming => self.incoming.next_id().map_or(Next::Done, Next::Id),
+            ScanQueue::Deferred => self.deferred.next_id(crate::now_secs()),
+        }
+    }
+
+    /// The directory and the flags of queue `q`'s run in progress.
+    fn run(&self, q: ScanQueue) -> (&'static str, ScanFlags) {
+        match q {
+            ScanQueue::Incoming => (self.incoming.queue(), self.incoming.flags()),
+            ScanQueue::Deferred => (self.deferred.queue(), self.deferred.flags()),
         }
     }
 }
@@ -114,7 +137,7 @@ impl Daemon {
             messages: HashMap::new(),
             scans: Scans {
                 incoming: Scanner::new(spool::INCOMING),
-                deferred: Scanner::new(spool::DEFERRED),
+                deferred: DeferredScanner::new(spool::DEFERRED),
             },
             feed_order: FeedOrder::default(),
             resolver: Resolver::new(
@@ -159,7 +182,9 @@ impl Daemon {
     pub fn start(&mut self) {
         spool::recover_active(&self.spool, crate::now_secs());
         self.scans.incoming.request(ScanFlags::START);
-        self.scans.deferred.request(ScanFlags::START);
+        self.scans
+            .deferred
+            .request(ScanFlags::START, crate::now_secs());
     }
 
     /// Handles one trigger: the core says what it asks of the scans
@@ -173,7 +198,7 @@ impl Daemon {
             self.scans.incoming.request(r.incoming);
         }
         if !r.deferred.is_empty() {
-            self.scans.deferred.request(r.deferred);
+            self.scans.deferred.request(r.deferred, crate::now_secs());
         }
         self.log_events();
     }
@@ -191,6 +216,14 @@ impl Daemon {
         ));
         deferred_timer.tick().await; // the first tick is immediate; startup already requested a scan
         let heartbeat = Duration::from_secs((self.params.qmgr_daemon_timeout as u64 / 3).max(1));
+        let inotify = self
+            .scans
+            .deferred
+            .watch_fd()
+            // SAFETY: the AsyncFd owns the descriptor, open until it drops.
+            .and_then(|fd| unsafe {
+                AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok()
+            });
         loop {
             watchdog.pet();
             while let Ok(r) = self.reports_rx.try_recv() {
@@ -236,7 +269,10 @@ impl Daemon {
                     }
                 }
                 _ = deferred_timer.tick() => {
-                    self.scans.deferred.request(ScanFlags::START);
+                    self.scans.deferred.request(ScanFlags::START, crate::now_secs());
+                }
+                _ = wait_readable(inotify.as_ref()) => {
+                    self.scans.deferred.apply_events();
                 }
                 _ = sleep => {
                     self.resolver.close_if_idle(Instant::now());

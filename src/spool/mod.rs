@@ -16,13 +16,15 @@
 //! which is the process's working directory (as in Postfix, so that the
 //! same code works chrooted or not).
 
+mod deferred;
 mod queue_file;
 mod recover;
 mod scan;
 
+pub use deferred::{DeferredScanner, Next};
 pub use queue_file::{Lock, QueueFile};
 pub use recover::recover_active;
-pub use scan::Scanner;
+pub use scan::{DirWalk, Scanner};
 
 use crate::proto::queue_mode;
 use crate::qmgr::BounceLog;

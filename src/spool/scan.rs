@@ -5,16 +5,104 @@
 
 use crate::qmgr::ScanFlags;
 use std::fs::ReadDir;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// A walk of one queue directory (`mail_scan_dir_next`): names in readdir
+/// order, descending into one-character subdirectories but never through a
+/// symbolic link.
+#[derive(Debug)]
+pub struct DirWalk {
+    stack: Vec<(PathBuf, ReadDir)>,
+    /// Directories entered since the last [`DirWalk::take_entered`].
+    entered: Vec<PathBuf>,
+}
+
+impl DirWalk {
+    /// Starts a walk of `queue`; an unreadable directory is a warning and an
+    /// empty walk.
+    pub fn new(queue: &str) -> DirWalk {
+        let mut walk = DirWalk {
+            stack: Vec::new(),
+            entered: Vec::new(),
+        };
+        walk.enter(PathBuf::from(queue), true);
+        walk
+    }
+
+    fn enter(&mut self, dir: PathBuf, top: bool) {
+        match std::fs::read_dir(&dir) {
+            Ok(rd) => {
+                self.entered.push(dir.clone());
+                self.stack.push((dir, rd));
+            }
+            Err(e) if top => tracing::warn!(
+                "open directory {}: {}",
+                dir.display(),
+                crate::log::errno_text(&e)
+            ),
+            // Postfix ends here (scan_dir_push's fatal); rqmgr says so and
+            // scans the rest.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                "scan_dir_push: open directory {}: {}",
+                dir.display(),
+                crate::log::errno_text(&e)
+            ),
+            Err(_) => {}
+        }
+    }
+
+    /// The directories entered since the last call.
+    pub fn take_entered(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.entered)
+    }
+
+    /// The next name and the directory it is in, or `None` at the end.
+    pub fn next_file(&mut self) -> Option<(&Path, String)> {
+        loop {
+            let (dir, rd) = self.stack.last_mut()?;
+            match rd.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "read directory {}: {}",
+                        dir.display(),
+                        crate::log::errno_text(&e)
+                    );
+                    self.stack.pop();
+                }
+                Some(Ok(entry)) => {
+                    let name = entry.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    if name.len() == 1 {
+                        let sub = dir.join(name);
+                        // Postfix follows a symbolic link here, out of the
+                        // queue directory if it points there; rqmgr does not.
+                        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                            tracing::warn!("{}: symbolic link: not scanned", sub.display());
+                            continue;
+                        }
+                        self.enter(sub, false);
+                        continue;
+                    }
+                    let name = name.to_string();
+                    let dir = &self.stack.last().expect("the directory just read").0;
+                    return Some((dir.as_path(), name));
+                }
+            }
+        }
+    }
+}
 
 /// One queue's scanner: the flags of the run in progress, the flags of the
-/// next run, and the open directories of the walk.
+/// next run, and the walk.
 #[derive(Debug)]
 pub struct Scanner {
     queue: &'static str,
     flags: ScanFlags,
     nflags: ScanFlags,
-    walk: Option<Vec<(PathBuf, ReadDir)>>,
+    walk: Option<DirWalk>,
 }
 
 impl Scanner {
@@ -60,83 +148,30 @@ impl Scanner {
     fn start(&mut self) {
         self.flags = self.nflags;
         self.nflags = ScanFlags::default();
-        let mut stack = Vec::new();
-        match std::fs::read_dir(self.queue) {
-            Ok(rd) => stack.push((PathBuf::from(self.queue), rd)),
-            Err(e) => tracing::warn!(
-                "open directory {}: {}",
-                self.queue,
-                crate::log::errno_text(&e)
-            ),
-        }
-        self.walk = Some(stack);
+        self.walk = Some(DirWalk::new(self.queue));
     }
 
     /// The next candidate queue id, or `None` when the run is over and no
     /// further run was requested (`qmgr_scan_next`).
     pub fn next_id(&mut self) -> Option<String> {
-        if self.walk.is_some() {
-            if let Some(id) = self.walk_next() {
+        if let Some(walk) = &mut self.walk {
+            if let Some((_, id)) = walk.next_file() {
                 return Some(id);
             }
             self.walk = None;
         }
         if self.nflags.contains(ScanFlags::START) {
             self.start();
-            let id = self.walk_next();
+            let id = self
+                .walk
+                .as_mut()
+                .and_then(|w| w.next_file())
+                .map(|(_, id)| id);
             if id.is_none() {
                 self.walk = None;
             }
             return id;
         }
         None
-    }
-
-    fn walk_next(&mut self) -> Option<String> {
-        let stack = self.walk.as_mut()?;
-        loop {
-            let (dir, rd) = stack.last_mut()?;
-            match rd.next() {
-                None => {
-                    stack.pop();
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(
-                        "read directory {}: {}",
-                        dir.display(),
-                        crate::log::errno_text(&e)
-                    );
-                    stack.pop();
-                }
-                Some(Ok(entry)) => {
-                    let name = entry.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    if name.len() == 1 {
-                        let sub = dir.join(name);
-                        // Postfix follows a symbolic link here, out of the
-                        // queue directory if it points there; rqmgr does not.
-                        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                            tracing::warn!("{}: symbolic link: not scanned", sub.display());
-                            continue;
-                        }
-                        match std::fs::read_dir(&sub) {
-                            Ok(rd) => stack.push((sub, rd)),
-                            // Postfix ends here (scan_dir_push's fatal);
-                            // rqmgr says so and scans the rest.
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                tracing::warn!(
-                                    "scan_dir_push: open directory {}: {}",
-                                    sub.display(),
-                                    crate::log::errno_text(&e)
-                                );
-                            }
-                            Err(_) => {}
-                        }
-                    } else {
-                        return Some(name.to_string());
-                    }
-                }
-            }
-        }
     }
 }

@@ -676,9 +676,15 @@ impl Instance {
     /// now and then). The request was delivered then, so that counts as
     /// success too.
     pub fn postkick_qmgr(&self, request: &str) {
+        self.postkick("qmgr", request);
+    }
+
+    /// `postkick -c ROOT/etc public <service> <request>`, as
+    /// [`Instance::postkick_qmgr`] (e.g. "pickup", "W" to wake pickup(8)).
+    pub fn postkick(&self, service: &str, request: &str) {
         use std::os::unix::process::ExitStatusExt;
         let c = self.config_dir();
-        let args = ["-c", c.as_str(), "public", "qmgr", request];
+        let args = ["-c", c.as_str(), "public", service, request];
         let out = self.run(POSTKICK, &args);
         let sigpipe = !out.timed_out && out.status.and_then(|s| s.signal()) == Some(13);
         if !out.success() && !sigpipe {

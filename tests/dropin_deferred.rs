@@ -1,0 +1,163 @@
+//! Changes to the deferred queue behind the queue manager's back: released
+//! from hold (`postsuper -H`), requeued (`postsuper -r`), deleted
+//! (`postsuper -d`), flushed (`postqueue -f`), moved in by hand, re-stamped
+//! by hand. rqmgr does not walk the deferred queue at every scan (it keeps
+//! an index kept honest by inotify, see src/spool/deferred.rs); each test
+//! shows that the mail goes out when, and only when, Postfix's qmgr and
+//! oqmgr would send it.
+
+#[macro_use]
+mod support;
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use support::{sys, Instance, Opts, Qmgr};
+
+dropin_tests!(
+    released_from_hold_goes_out_at_the_next_scan,
+    moved_in_by_hand_goes_out_when_due,
+    restamped_by_hand_goes_out_when_due,
+    requeued_and_deleted_mail,
+    flush_sends_what_is_not_due,
+);
+
+/// A deferred scan every second; mail to `held.example` arrives on hold
+/// and goes to discard(8) once released.
+fn opts(name: &str, q: Qmgr) -> Opts {
+    Opts::new(name, q)
+        .transport("held.example", "discard:")
+        .main_cf("queue_run_delay", "1s")
+        .main_cf(
+            "smtpd_recipient_restrictions",
+            "check_recipient_access inline:{held.example=HOLD}",
+        )
+        .timeout(Duration::from_secs(40))
+}
+
+/// A message on hold; returns its queue id.
+fn held(inst: &Instance, what: &str) -> String {
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token(what);
+    let id = inst.send_smtp(&from, &["x@held.example"], what, &token);
+    inst.wait_until("the message on hold", || {
+        inst.queue_ids("hold").contains(&id)
+    });
+    id
+}
+
+/// Moves a held message into the deferred queue by hand, time-stamped
+/// `mtime`, as an administrator with `mv` and `touch` would.
+fn move_into_deferred(inst: &Instance, id: &str, mtime: SystemTime) -> PathBuf {
+    let from = inst.queue_file("hold", id).expect("the held file");
+    let dir = inst.spool().join("deferred").join(&id[..1]);
+    if !dir.exists() {
+        std::fs::create_dir(&dir).expect("mkdir hash directory");
+        chown(&dir, Some(sys::uid_of("postfix")), None).expect("chown");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let to = dir.join(id);
+    // Stamp first, then move: the move is what a scan can see.
+    set_mtime(&from, mtime);
+    std::fs::rename(&from, &to).expect("move into deferred");
+    to
+}
+
+fn set_mtime(path: &std::path::Path, t: SystemTime) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open queue file");
+    f.set_modified(t).expect("set mtime");
+}
+
+fn delivered(inst: &Instance, id: &str) -> bool {
+    inst.lines_for(id)
+        .iter()
+        .any(|l| l.status() == Some("sent"))
+}
+
+/// Several deferred scans go by without the message being taken.
+fn not_taken_over_scans(inst: &Instance, id: &str) {
+    std::thread::sleep(Duration::from_secs(4));
+    inst.check(
+        !inst.lines_for(id).iter().any(|l| l.is_queue_active()),
+        &format!("{id} is not taken while it is not due"),
+    );
+}
+
+/// `postsuper -H` moves a held message into deferred; the next periodic
+/// deferred scan delivers it.
+fn released_from_hold_goes_out_at_the_next_scan(q: Qmgr) {
+    let inst = Instance::start(opts("defhold", q));
+    let id = held(&inst, "hold");
+    inst.postsuper(&["-H", &id]);
+    inst.wait_removed(&id);
+    inst.check(delivered(&inst, &id), "delivered after the release");
+}
+
+/// A queue file moved into deferred by hand, due already: delivered by a
+/// periodic scan, without any trigger.
+fn moved_in_by_hand_goes_out_when_due(q: Qmgr) {
+    let inst = Instance::start(opts("defmv", q));
+    let id = held(&inst, "mv");
+    move_into_deferred(&inst, &id, SystemTime::now() - Duration::from_secs(60));
+    inst.wait_removed(&id);
+    inst.check(delivered(&inst, &id), "delivered after the move");
+}
+
+/// A file in deferred due in an hour is left alone; stamped back by hand
+/// (`touch`), it goes out at a periodic scan.
+fn restamped_by_hand_goes_out_when_due(q: Qmgr) {
+    let inst = Instance::start(opts("deftouch", q));
+    let id = held(&inst, "touch");
+    let path = move_into_deferred(&inst, &id, SystemTime::now() + Duration::from_secs(3600));
+    not_taken_over_scans(&inst, &id);
+    set_mtime(&path, SystemTime::now() - Duration::from_secs(1));
+    inst.wait_removed(&id);
+    inst.check(delivered(&inst, &id), "delivered after the new time stamp");
+}
+
+/// `postsuper -d` of a deferred message: gone, nothing logged against it
+/// but the removal; `postsuper -r` of another: it is queued again (as a
+/// new queue file) and delivered.
+fn requeued_and_deleted_mail(q: Qmgr) {
+    let inst = Instance::start(opts("defsuper", q));
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let gone = held(&inst, "delete");
+    move_into_deferred(&inst, &gone, later);
+    let again = held(&inst, "requeue");
+    move_into_deferred(&inst, &again, later);
+    not_taken_over_scans(&inst, &gone);
+    inst.postsuper(&["-d", &gone]);
+    inst.postsuper(&["-r", &again]);
+    // The requeued message waits in maildrop for pickup(8): wake it.
+    inst.postkick("pickup", "W");
+    let line = inst.wait_for_line("the requeued message delivered", |l| {
+        l.is_from("discard") && l.status() == Some("sent")
+    });
+    let new_id = line.queue_id().unwrap_or("").to_string();
+    inst.wait_removed(&new_id);
+    inst.check(
+        inst.queue_file("deferred", &gone).is_none() && !delivered(&inst, &gone),
+        "the deleted message is gone, not delivered",
+    );
+    inst.check(
+        !inst
+            .log_lines()
+            .iter()
+            .any(|l| l.is_from("qmgr") && l.text.contains("warning")),
+        "no queue manager warning",
+    );
+}
+
+/// `postqueue -f` sends deferred mail that is not due yet.
+fn flush_sends_what_is_not_due(q: Qmgr) {
+    let inst = Instance::start(opts("defflush", q));
+    let id = held(&inst, "flush");
+    move_into_deferred(&inst, &id, SystemTime::now() + Duration::from_secs(3600));
+    not_taken_over_scans(&inst, &id);
+    inst.postqueue_f();
+    inst.wait_removed(&id);
+    inst.check(delivered(&inst, &id), "delivered by the flush");
+}
