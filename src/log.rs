@@ -38,7 +38,6 @@ struct Logger {
     tag: String,
     sink: Sink,
     stderr: bool,
-    verbose: bool,
     /// Our pid (the daemon never forks).
     pid: u32,
     /// The time stamp of the current second: (time, text).
@@ -240,11 +239,11 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
     // SAFETY: tzset has no preconditions; it reads TZ and /etc/localtime
     // before any chroot so that localtime_r keeps working afterwards.
     unsafe { tzset() };
+    VERBOSE.store(setup.verbose, std::sync::atomic::Ordering::Relaxed);
     let logger = Logger {
         tag: setup.tag.clone(),
         sink,
         stderr: setup.stderr,
-        verbose: setup.verbose,
         pid: std::process::id(),
         stamp: (-1, String::new()),
         line: String::with_capacity(512),
@@ -394,6 +393,16 @@ fn emit(sev: Severity, text: &str) {
 /// Turns tracing events into Postfix log lines.
 struct PostfixLayer;
 
+/// `-v` is on: debug lines are logged (as `info`, like Postfix's
+/// `msg_verbose` lines). Set by [`init`].
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when the process runs with `-v` (Postfix's `msg_verbose`): code
+/// that builds a costly debug line asks first.
+pub fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 struct MessageVisitor(String);
 
 impl Visit for MessageVisitor {
@@ -414,22 +423,31 @@ impl Visit for MessageVisitor {
 }
 
 impl<S: Subscriber> Layer<S> for PostfixLayer {
+    // Debug lines are asked for at every call (`-v` can change at a
+    // re-init); the others always go through.
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if *metadata.level() <= Level::INFO {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::sometimes()
+        }
+    }
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+        *metadata.level() <= Level::INFO || verbose()
+    }
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let level = *event.metadata().level();
         let sev = if level == Level::ERROR {
             Severity::Error
         } else if level == Level::WARN {
             Severity::Warning
-        } else if level == Level::INFO {
+        } else if level == Level::INFO || verbose() {
             Severity::Info
         } else {
-            let verbose = LOGGER
-                .get()
-                .is_some_and(|l| l.lock().map(|l| l.verbose).unwrap_or(false));
-            if !verbose {
-                return;
-            }
-            Severity::Info
+            return;
         };
         let mut v = MessageVisitor(String::with_capacity(256));
         event.record(&mut v);

@@ -41,6 +41,7 @@ impl AttrWriter {
 
     /// `name\0<u64 decimal>\0` (ATTR_TYPE_LONG).
     pub fn long(&mut self, name: &str, value: u64) -> &mut Self {
+        tracing::debug!("send attr {name} = {value}");
         self.name(name);
         let mut digits = [0u8; 20];
         let mut i = digits.len();
@@ -61,6 +62,9 @@ impl AttrWriter {
     /// `name\0<bytes>\0` (ATTR_TYPE_STR). A NUL inside `value` cannot be sent;
     /// it is replaced by `?` (Postfix strings cannot hold one either).
     pub fn str(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        if crate::log::verbose() {
+            tracing::debug!("send attr {name} = {}", String::from_utf8_lossy(value));
+        }
         self.name(name);
         if value.contains(&0) {
             self.buf
@@ -74,6 +78,7 @@ impl AttrWriter {
 
     /// `name\0<base64>\0` (ATTR_TYPE_DATA).
     pub fn data(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        tracing::debug!("send attr {name} = [data {} bytes]", value.len());
         self.name(name);
         let start = self.buf.len();
         self.buf.resize(start + value.len().div_ceil(3) * 4, 0);
@@ -176,9 +181,14 @@ impl AttrList {
         loop {
             let name = read_token(reader).await?;
             if name.is_empty() {
+                tracing::debug!("input attribute name: (end)");
                 return Ok(AttrList { pairs });
             }
             let value = read_token(reader).await?;
+            if crate::log::verbose() {
+                tracing::debug!("input attribute name: {}", String::from_utf8_lossy(&name));
+                tracing::debug!("input attribute value: {}", String::from_utf8_lossy(&value));
+            }
             if pairs.len() >= MAX_ATTRS {
                 return Err(AttrError::TooLarge);
             }

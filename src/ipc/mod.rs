@@ -90,11 +90,25 @@ impl Peer {
     pub async fn connect(class: &str, service: &str) -> std::io::Result<Peer> {
         let path = format!("{class}/{service}");
         let stream = match connect_now(&path) {
-            Ok(s) => UnixStream::from_std(s)?,
+            Ok(s) => UnixStream::from_std(s),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                UnixStream::connect(&path).await?
+                UnixStream::connect(&path).await
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
+        };
+        // mail_connect's -v lines.
+        let stream = match stream {
+            Ok(s) => {
+                tracing::debug!("connect to subsystem {path}");
+                s
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "connect to subsystem {path}: {}",
+                    crate::log::errno_text(&e)
+                );
+                return Err(e);
+            }
         };
         Ok(Peer {
             // Replies are small; a large token is read in several fills.

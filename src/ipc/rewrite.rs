@@ -141,6 +141,9 @@ impl Resolver {
         if !address.is_empty() {
             if let Some((r, at)) = self.cache.get(&key) {
                 if now.duration_since(*at) < CACHE_TTL {
+                    if crate::log::verbose() {
+                        tracing::debug!("{}", verbose_line("cached: ", sender, address, r));
+                    }
                     return r.clone();
                 }
             }
@@ -155,6 +158,9 @@ impl Resolver {
             match self.round_trip(&request).await {
                 Ok(list) => match Self::parse(&list, address) {
                     Ok((r, disconnect)) => {
+                        if crate::log::verbose() {
+                            tracing::debug!("{}", verbose_line("", sender, address, &r));
+                        }
                         self.failures = 0;
                         if disconnect {
                             self.conn = None;
@@ -283,6 +289,30 @@ pub fn unquote_822_local(address: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(domain);
     out
+}
+
+/// resolve_clnt's `-v` line: sender, address and the answer with its flag
+/// names run together, as Postfix prints them.
+fn verbose_line(cached: &str, sender: &[u8], address: &[u8], r: &Resolved) -> String {
+    use crate::proto::resolve_flag as f;
+    let set = |bit: u32, name: &'static str| if r.flags & bit != 0 { name } else { "" };
+    format!(
+        "resolve_clnt: {cached}`{}' -> `{}' -> transp=`{}' host=`{}' rcpt=`{}' flags={}{}{}{} class={}{}{}{}{}",
+        String::from_utf8_lossy(sender),
+        String::from_utf8_lossy(address),
+        String::from_utf8_lossy(&r.transport),
+        String::from_utf8_lossy(&r.nexthop),
+        String::from_utf8_lossy(&r.recipient),
+        set(f::FINAL, "final"),
+        set(f::ROUTED, "routed"),
+        set(f::ERROR, "error"),
+        set(f::FAIL, "fail"),
+        set(f::CLASS_LOCAL, "local"),
+        set(f::CLASS_ALIAS, "alias"),
+        set(f::CLASS_VIRTUAL, "virtual"),
+        set(f::CLASS_RELAY, "relay"),
+        set(f::CLASS_DEFAULT, "default"),
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! that error(8) defers them with that reason; if `retry` itself is dead,
 //! the recipients go back to the shell to be deferred directly.
 
-use super::{Action, Core, QueueId, Reason};
+use super::{Action, Core, QueueId, Reason, Trace};
 use crate::proto::service;
 use std::time::Instant;
 
@@ -25,6 +25,10 @@ impl<R> Core<R> {
     /// or hands its recipients to the shell if retry is unavailable
     /// (`qmgr_defer_todo`, `qmgr_entry_move_todo`).
     pub(super) fn defer_todo(&mut self, q: QueueId, reason: &Reason, now: Instant) {
+        self.trace(|c| Trace::DeferSite {
+            queue: c.queues[q].name.clone(),
+            reason: reason.clone(),
+        });
         let retry = self.retry_queue(reason);
         for e in self.queues[q].todo.items(&self.entry_queue_links) {
             let msg = self.entries[e].msg;

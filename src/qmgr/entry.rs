@@ -5,7 +5,7 @@
 //! frees idle queues and peers, starts rate delays, and starts the
 //! message's completion when its last entry goes.
 
-use super::event::{ClogAdvice, Event};
+use super::event::{ClogAdvice, Event, Trace};
 use super::{Action, Core, EntryId, MessageId, PeerId, QueueId, TransportId};
 use crate::proto::deliver_flag::{CONN_LOAD, CONN_STORE};
 use std::time::Instant;
@@ -112,10 +112,13 @@ impl<R> Core<R> {
             cur = self.queue_links.next(q);
             let queue = &self.queues[q];
             if queue.window > queue.busy && !queue.todo.is_empty() {
+                let e = queue.todo.first().expect("non-empty todo");
                 self.transports[t]
                     .queues
                     .rotate_to_back(&mut self.queue_links, q);
-                let e = queue.todo.first().expect("non-empty todo");
+                self.trace(|c| Trace::QueueSelect {
+                    queue: c.queues[q].name.clone(),
+                });
                 self.select_entry(e, now);
                 return Some(e);
             }
@@ -138,12 +141,22 @@ impl<R> Core<R> {
         self.entries[e].busy = true;
         let queue = &mut self.queues[q];
         let back_to_back = queue.last_done.is_some_and(|d| d + 1 >= secs);
-        if queue.dflags & CONN_STORE == 0 {
-            if back_to_back {
+        let caching = if queue.dflags & CONN_STORE == 0 {
+            back_to_back.then(|| {
                 queue.dflags |= CONN_LOAD | CONN_STORE;
-            }
+                true
+            })
         } else if !(queue.busy > 1 || back_to_back) {
             queue.dflags &= !CONN_STORE;
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(allow) = caching {
+            self.trace(|c| Trace::SessionCaching {
+                queue: c.queues[q].name.clone(),
+                allow,
+            });
         }
         self.update_contrib(q);
     }

@@ -134,4 +134,73 @@ pub enum Event {
         msg: MessageId,
         disposition: Disposition,
     },
+    /// A step Postfix's qmgr reports with `-v` (reported only when
+    /// [`super::Settings::verbose`] is set).
+    Trace(Trace),
+}
+
+/// The scheduling steps Postfix's qmgr logs under `msg_verbose`, one per
+/// `msg_info` of `qmgr/qmgr_*.c`; the shell prints them in Postfix's words
+/// (`shell::logging::trace_line`). Messages are named by the core's id: the
+/// shell knows their queue ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trace {
+    /// `qmgr_transport_create`: a transport met for the first time, with
+    /// its destination concurrency and recipient limits.
+    TransportCreate {
+        transport: Rc<str>,
+        concurrency: i64,
+        recipients: i64,
+    },
+    /// `qmgr_transport_select`: the transport that gets the next agent.
+    TransportSelect { transport: Rc<str> },
+    /// `qmgr_active_drain`: an agent connection is asked for.
+    Allocate { transport: Rc<str> },
+    /// `qmgr_transport_event`: the connection request completed.
+    TransportEvent { transport: Rc<str> },
+    /// `qmgr_transport_throttle`: the transport is now dead.
+    TransportThrottle { transport: Rc<str>, reason: Reason },
+    /// `qmgr_transport_unthrottle`: a dead transport lives again.
+    TransportUnthrottle { transport: Rc<str> },
+    /// `qmgr_queue_throttle`: negative feedback for a destination.
+    QueueThrottle { queue: Rc<str>, reason: Reason },
+    /// `qmgr_queue_unthrottle`: positive feedback for a destination.
+    QueueUnthrottle { queue: Rc<str> },
+    /// `qmgr_defer_transport`: a dead transport's waiting work moves aside.
+    DeferTransport { transport: Rc<str>, reason: Reason },
+    /// `qmgr_defer_todo`: a destination's waiting work moves aside.
+    DeferSite { queue: Rc<str>, reason: Reason },
+    /// `qmgr_enable_all` (the flush trigger).
+    EnableAll,
+    /// `qmgr_enable_transport`: a dead transport is revived by a flush.
+    EnableTransport { transport: Rc<str> },
+    /// `qmgr_enable_queue`: a dead destination is revived by a flush.
+    EnableSite { transport: Rc<str>, queue: Rc<str> },
+    /// `qmgr_entry_select`: on-demand session caching turned on (`true`)
+    /// or off for a destination.
+    SessionCaching { queue: Rc<str>, allow: bool },
+    /// oqmgr's `qmgr_queue_select`: the destination that gets the next
+    /// delivery.
+    QueueSelect { queue: Rc<str> },
+    /// `qmgr_peer_select`: message `msg`'s next delivery goes to `queue`,
+    /// as its `busy`-th of `window` concurrent ones.
+    PeerSelect {
+        msg: MessageId,
+        transport: Rc<str>,
+        queue: Rc<str>,
+        busy: i32,
+        window: i32,
+    },
+    /// `qmgr_job_retire`: the job has no more entries in memory.
+    JobRetire { msg: MessageId },
+    /// `qmgr_job_free`: the job leaves with its message.
+    JobFree { msg: MessageId, transport: Rc<str> },
+    /// `qmgr_job_preempt`: `by` preempts `current`, at stack `level`.
+    JobPreempt {
+        current: MessageId,
+        by: MessageId,
+        level: i32,
+    },
+    /// `qmgr_job_pop`: the job leaves its preemption stack.
+    JobPop { msg: MessageId },
 }

@@ -11,7 +11,7 @@
 //! known.
 
 use super::list::List;
-use super::{Action, Core, EntryId, JobId, MessageId, PeerId, QueueId, TransportId};
+use super::{Action, Core, EntryId, JobId, MessageId, PeerId, QueueId, Trace, TransportId};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -238,6 +238,9 @@ impl<R> Core<R> {
 
     /// Retires a job until it gets more entries (`qmgr_job_retire`).
     fn job_retire(&mut self, job: JobId) {
+        self.trace(|c| Trace::JobRetire {
+            msg: c.jobs[job].msg,
+        });
         if self.jobs[job].stack_level > 0 {
             self.job_pop(job);
         }
@@ -247,6 +250,10 @@ impl<R> Core<R> {
 
     /// Releases a job with its message (`qmgr_job_free`).
     pub(super) fn job_free(&mut self, job: JobId) {
+        self.trace(|c| Trace::JobFree {
+            msg: c.jobs[job].msg,
+            transport: c.transports[c.jobs[job].transport].name.clone(),
+        });
         if self.jobs[job].stack_level > 0 {
             self.job_pop(job);
         }
@@ -265,6 +272,9 @@ impl<R> Core<R> {
     /// Takes a job off its preemption stack (`qmgr_job_pop`): the parent
     /// gets back the slots the job did not use.
     fn job_pop(&mut self, job: JobId) {
+        self.trace(|c| Trace::JobPop {
+            msg: c.jobs[job].msg,
+        });
         let t = self.jobs[job].transport;
         let cost = self.transports[t].params.slot_cost;
         let parent = self.jobs[job].stack_parent;
@@ -471,6 +481,11 @@ impl<R> Core<R> {
             self.jobs[job].rcpt_limit += slots;
             self.messages[msg].rcpt_limit += slots;
         }
+        self.trace(|c| Trace::JobPreempt {
+            current: c.jobs[current].msg,
+            by: c.jobs[job].msg,
+            level: c.jobs[job].stack_level,
+        });
         job
     }
 

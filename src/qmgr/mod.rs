@@ -50,7 +50,7 @@ pub mod transport;
 pub use active::{BounceLog, Fact, Step};
 pub use deliver::{AgentReply, Outcome};
 pub use entry::Entry;
-pub use event::{ClogAdvice, Disposition, Event, FeedbackFn};
+pub use event::{ClogAdvice, Disposition, Event, FeedbackFn, Trace};
 pub use feedback::Feedback;
 pub use message::{resolve_order, Assigned, Lookup, MessageFacts, Resolution};
 pub use scan::ScanFlags;
@@ -168,6 +168,8 @@ pub struct Settings {
     /// `address_verify_pending_request_limit`: probes in core beyond this
     /// are deferred.
     pub probe_limit: i64,
+    /// `-v`: report [`Event::Trace`] events (Postfix's `msg_verbose`).
+    pub verbose: bool,
 }
 
 impl Settings {
@@ -195,6 +197,7 @@ impl Settings {
             myhostname: "localhost".into(),
             disable_verp_bounces: false,
             probe_limit: 5000,
+            verbose: false,
         }
     }
 
@@ -223,6 +226,7 @@ impl Settings {
             myhostname: p.myhostname.clone(),
             disable_verp_bounces: p.disable_verp_bounces,
             probe_limit: p.address_verify_pending_request_limit,
+            verbose: false,
         }
     }
 }
@@ -350,6 +354,14 @@ impl<R> Core<R> {
         self.events.push_back(event);
     }
 
+    /// Reports a `-v` step; `f` builds it only when verbose.
+    fn trace(&mut self, f: impl FnOnce(&Self) -> Trace) {
+        if self.settings.verbose {
+            let t = f(self);
+            self.events.push_back(Event::Trace(t));
+        }
+    }
+
     /// The next action for the shell, if any. When none is queued, agent
     /// allocation runs first (`qmgr_active_drain`).
     pub fn poll_action(&mut self) -> Option<Action<R>> {
@@ -420,6 +432,12 @@ impl<R> Core<R> {
     /// The nexthop of queue `q`.
     pub fn nexthop(&self, q: QueueId) -> &str {
         &self.queues[q].nexthop
+    }
+
+    /// The name of queue `q` (the nexthop, or `user@nexthop` for
+    /// per-recipient queues).
+    pub fn site(&self, q: QueueId) -> &Rc<str> {
+        &self.queues[q].name
     }
 
     /// The name of the transport of queue `q`.

@@ -3,7 +3,7 @@
 //! round robin.
 
 use super::list::List;
-use super::{Core, EntryId, JobId, PeerId, QueueId};
+use super::{Core, EntryId, JobId, PeerId, QueueId, Trace};
 
 /// One job's entries for one destination (`QMGR_PEER`).
 #[derive(Debug)]
@@ -51,6 +51,16 @@ impl<R> Core<R> {
             let queue = &self.queues[self.peers[p].queue];
             if queue.window > queue.busy && !self.peers[p].entries.is_empty() {
                 self.jobs[job].peers.rotate_to_back(&mut self.peer_links, p);
+                self.trace(|c| {
+                    let queue = &c.queues[c.peers[p].queue];
+                    Trace::PeerSelect {
+                        msg: c.jobs[job].msg,
+                        transport: c.transports[queue.transport].name.clone(),
+                        queue: queue.name.clone(),
+                        busy: queue.busy + 1,
+                        window: queue.window,
+                    }
+                });
                 return Some(p);
             }
         }

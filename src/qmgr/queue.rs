@@ -2,7 +2,7 @@
 //! concurrency window with positive and negative feedback, dead
 //! destinations (the failed-cohort rule), and rate-delay suspension.
 
-use super::event::{Event, FeedbackFn};
+use super::event::{Event, FeedbackFn, Trace};
 use super::list::List;
 use super::{Core, EntryId, QueueId, Reason, Strategy, Timer, TimerKey, TransportId};
 use std::rc::Rc;
@@ -159,6 +159,9 @@ impl<R> Core<R> {
         if self.queues[q].window < 0 {
             return; // suspended: the resume timer decides
         }
+        self.trace(|c| Trace::QueueUnthrottle {
+            queue: c.queues[q].name.clone(),
+        });
         self.queues[q].fail_cohorts = 0.0;
         if self.queues[q].window == 0 {
             if let Some(key) = self.queues[q].timer.take() {
@@ -205,6 +208,10 @@ impl<R> Core<R> {
         let t = self.queues[q].transport;
         let cohort_limit = self.transports[t].params.fail_cohort_limit as f64;
         let neg = self.transports[t].neg_feedback;
+        self.trace(|c| Trace::QueueThrottle {
+            queue: c.queues[q].name.clone(),
+            reason: reason.clone(),
+        });
         let queue = &mut self.queues[q];
         queue.fail_cohorts += 1.0 / f64::from(queue.window);
         if cohort_limit > 0.0 && queue.fail_cohorts >= cohort_limit {

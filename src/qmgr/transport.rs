@@ -4,7 +4,7 @@
 //! the next connection, `qmgr_transport_select` + `qmgr_active_drain`); and
 //! dead transports, revived after `transport_retry_time`.
 
-use super::event::Event;
+use super::event::{Event, Trace};
 use super::feedback::Feedback;
 use super::list::List;
 use super::{Action, Core, EntryId, JobId, QueueId, Reason, Timer, TimerKey, TransportId};
@@ -117,7 +117,12 @@ impl<R> Core<R> {
             candidate_cache_time: 0,
             blocker_tag: 1,
         });
-        self.transport_by_name.insert(name, t);
+        self.transport_by_name.insert(name.clone(), t);
+        self.trace(|c| Trace::TransportCreate {
+            transport: name,
+            concurrency: c.transports[t].params.dest_concurrency_limit,
+            recipients: c.transports[t].params.recipient_limit,
+        });
         // New transports go first (qmgr_transport_create; oqmgr's list
         // macros are named the other way round but do the same).
         self.transport_order.push_front(t);
@@ -167,6 +172,12 @@ impl<R> Core<R> {
             let Some(pos) = pos else { return };
             let t = self.transport_order.remove(pos).expect("position in list");
             self.transport_order.push_back(t);
+            self.trace(|c| Trace::TransportSelect {
+                transport: c.transports[t].name.clone(),
+            });
+            self.trace(|c| Trace::Allocate {
+                transport: c.transports[t].name.clone(),
+            });
             let tr = &mut self.transports[t];
             tr.pending += 1;
             if tr.params.xport_rate_delay > 0 {
@@ -185,6 +196,7 @@ impl<R> Core<R> {
     pub fn agent_ready(&mut self, transport: &str, now: Instant) -> Option<EntryId> {
         let t = *self.transport_by_name.get(transport)?;
         self.transports[t].pending = self.transports[t].pending.saturating_sub(1);
+        self.trace_transport_event(t);
         let e = if self.nqmgr() {
             self.job_entry_select(t, now)
         } else {
@@ -207,7 +219,14 @@ impl<R> Core<R> {
             return;
         };
         self.transports[t].pending = self.transports[t].pending.saturating_sub(1);
+        self.trace_transport_event(t);
         self.throttle_transport(t, Reason::new("4.3.0", "mail transport unavailable"), now);
+    }
+
+    fn trace_transport_event(&mut self, t: TransportId) {
+        self.trace(|c| Trace::TransportEvent {
+            transport: c.transports[t].name.clone(),
+        });
     }
 
     /// Negative feedback for a transport (`qmgr_transport_throttle` +
@@ -215,6 +234,10 @@ impl<R> Core<R> {
     /// and its waiting work moves to `retry`.
     pub(super) fn throttle_transport(&mut self, t: TransportId, reason: Reason, now: Instant) {
         if self.transports[t].dead.is_none() {
+            self.trace(|c| Trace::TransportThrottle {
+                transport: c.transports[t].name.clone(),
+                reason: reason.clone(),
+            });
             let until = now + Duration::from_secs(self.settings.transport_retry_time);
             let key = self.add_timer(until, Timer::ReviveTransport(t));
             let tr = &mut self.transports[t];
@@ -227,6 +250,10 @@ impl<R> Core<R> {
                 until,
             });
         }
+        self.trace(|c| Trace::DeferTransport {
+            transport: c.transports[t].name.clone(),
+            reason: reason.clone(),
+        });
         for q in self.transports[t].queues.items(&self.queue_links) {
             self.defer_todo(q, &reason, now);
         }
@@ -239,6 +266,11 @@ impl<R> Core<R> {
     }
 
     pub(super) fn revive_transport(&mut self, t: TransportId) {
+        if self.transports[t].dead.is_some() {
+            self.trace(|c| Trace::TransportUnthrottle {
+                transport: c.transports[t].name.clone(),
+            });
+        }
         if self.transports[t].dead.take().is_some() {
             if let Some(key) = self.transports[t].dead_timer.take() {
                 self.timers.remove(&key);
@@ -251,11 +283,21 @@ impl<R> Core<R> {
     /// Revives every dead transport and destination (`qmgr_enable_all`, the
     /// `F` trigger); frees empty queues.
     pub fn enable_all(&mut self) {
+        self.trace(|_| Trace::EnableAll);
         for t in self.transports.keys().collect::<Vec<_>>() {
+            if self.transports[t].dead.is_some() {
+                self.trace(|c| Trace::EnableTransport {
+                    transport: c.transports[t].name.clone(),
+                });
+            }
             self.revive_transport(t);
         }
         for q in self.queues.keys().collect::<Vec<_>>() {
             if self.queues[q].window == 0 {
+                self.trace(|c| Trace::EnableSite {
+                    transport: c.transports[c.queues[q].transport].name.clone(),
+                    queue: c.queues[q].name.clone(),
+                });
                 self.unthrottle_queue(q);
             }
             self.queue_done_if_idle(q);

@@ -5,7 +5,7 @@
 //! to deliver, writes the request and waits for the reply. The core reads
 //! the reply.
 
-use super::{Daemon, Report};
+use super::{Daemon, Delivery, Report};
 use crate::ipc::attr::{read_announcement, AttrList};
 use crate::ipc::deliver::{self, encode_request, parse_reply, Reply, Request};
 use crate::ipc::{with_timeout, Peer};
@@ -41,7 +41,7 @@ impl Daemon {
     pub(super) fn agent_ready(
         &mut self,
         transport: &str,
-        reply: oneshot::Sender<Option<(EntryId, Vec<u8>)>>,
+        reply: oneshot::Sender<Option<Delivery>>,
     ) {
         let now = Instant::now();
         let Some(e) = self.core.agent_ready(transport, now) else {
@@ -59,7 +59,13 @@ impl Daemon {
             active_arrival: m.active_arrival,
             smtputf8_enable: self.params.smtputf8_enable,
         });
-        if reply.send(Some((e, request))).is_err() {
+        let site = self.core.site(entry.queue).clone();
+        let delivery = Delivery {
+            entry: e,
+            request,
+            site,
+        };
+        if reply.send(Some(delivery)).is_err() {
             self.core.delivery_done(e, AgentReply::Crashed, now);
         }
     }
@@ -122,7 +128,12 @@ async fn agent_session(
     {
         return;
     }
-    let Ok(Some((entry, request))) = reply_rx.await else {
+    let Ok(Some(Delivery {
+        entry,
+        request,
+        site,
+    })) = reply_rx.await
+    else {
         return;
     };
     if let Err(e) = peer.send(&request, timeouts.ipc).await {
@@ -133,6 +144,7 @@ async fn agent_session(
         let _ = tx.send(Report::WriteFailed { entry });
         return;
     }
+    tracing::debug!("qmgr_deliver: site `{site}'");
     let reply = with_timeout(timeouts.daemon, AttrList::read(&mut peer.reader)).await;
     let reply = match reply.and_then(|l| parse_reply(&l)) {
         Ok(r) => Some(r),

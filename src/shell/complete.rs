@@ -25,12 +25,18 @@ impl Daemon {
         };
         let id = m.queue_id.clone();
         let fact = match step {
-            Step::CheckBounceLog => Some(Fact::BounceLog(self.spool.bounce_log(&id))),
+            Step::CheckBounceLog => {
+                tracing::debug!("qmgr_active_done: {id}");
+                Some(Fact::BounceLog(self.spool.bounce_log(&id)))
+            }
             Step::RemoveBounceLog => {
                 self.spool.remove_bounce_log(&id);
                 Some(Fact::Done)
             }
-            Step::FlushBounce { verp } => self.spawn_notice(msg, Notice::Bounce { verp }),
+            Step::FlushBounce { verp } => {
+                tracing::debug!("qmgr_active_done: bounce {id}");
+                self.spawn_notice(msg, Notice::Bounce { verp })
+            }
             Step::CheckFile => Some(Fact::FileOk(
                 self.spool.open_ok(spool::ACTIVE, &id).is_some(),
             )),
@@ -54,7 +60,10 @@ impl Daemon {
                 );
                 self.spawn_notice(msg, Notice::Return { verp })
             }
-            Step::Warn => self.spawn_notice(msg, Notice::Warn),
+            Step::Warn => {
+                tracing::debug!("qmgr_active_done: sending defer warning for {id}");
+                self.spawn_notice(msg, Notice::Warn)
+            }
             Step::MarkWarned => {
                 let offset = m.env.warn_offset;
                 if let Some(f) = QueueFile::open(&self.spool, &id) {

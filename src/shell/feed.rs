@@ -51,11 +51,18 @@ impl Daemon {
     /// (`qmgr_active_feed`). Returns true if the message was taken in.
     async fn feed(&mut self, q: ScanQueue, id: &str) -> bool {
         let (queue, scan_flags) = self.scans.run(q);
+        tracing::debug!("qmgr_active_feed: queue {queue}");
         let Some(meta) = self.spool.open_ok(queue, id) else {
             return false;
         };
+        if crate::log::verbose() {
+            let path = self.spool.path(queue, id);
+            tracing::debug!("qmgr_active_feed: {}", path.display());
+        }
         let mtime = meta.modified().map_or(0, system_secs);
-        if !feed_due(scan_flags, mtime, crate::now_secs()) {
+        let now = crate::now_secs();
+        if !feed_due(scan_flags, mtime, now) {
+            tracing::debug!("qmgr_active_feed: skip {id} ({} seconds)", mtime - now);
             return false;
         }
         if !self
@@ -84,6 +91,7 @@ impl Daemon {
         new_mode: Option<u32>,
         size: u64,
     ) -> bool {
+        tracing::debug!("qmgr_message_alloc: {} {id}", spool::ACTIVE);
         let Some(file) = QueueFile::open(&self.spool, id) else {
             self.spool.save_corrupt(id);
             return false;
@@ -139,6 +147,9 @@ impl Daemon {
     ) -> Result<Vec<Recipient>, qfile::Rejected> {
         let limit = self.core.read_limit(msg);
         let m = self.messages.get_mut(&msg).expect("message in core");
+        if self.core.settings().strategy == crate::qmgr::Strategy::Nqmgr {
+            tracing::debug!("{}: recipient limit {limit}", m.queue_id);
+        }
         let opts = ReadOptions {
             queue: spool::ACTIVE,
             verp_filter: &self.verp_filter,
@@ -180,6 +191,12 @@ impl Daemon {
         let Some(m) = self.messages.get(&msg) else {
             return false;
         };
+        tracing::debug!(
+            "qmgr_message_realloc: {} {} offset {}",
+            spool::ACTIVE,
+            m.queue_id,
+            m.env.rcpt_offset
+        );
         let Some(file) = QueueFile::open(&self.spool, &m.queue_id) else {
             return false;
         };
@@ -212,6 +229,13 @@ impl Daemon {
         mut recipients: Vec<Recipient>,
     ) {
         recipients.sort_by(|a, b| resolve_order(&a.address, &b.address));
+        if crate::log::verbose() {
+            tracing::debug!("start sorted recipient list");
+            for r in &recipients {
+                tracing::debug!("qmgr_message_sort: {}", String::from_utf8_lossy(&r.address));
+            }
+            tracing::debug!("end sorted recipient list");
+        }
         let (sender, tflags, filter, redirect) = {
             let env = &self.messages[&msg].env;
             (

@@ -3,10 +3,11 @@
 //! (with C's `%g`), the clog warnings of `qmgr/qmgr_entry.c`, and the
 //! parameter warnings of `qmgr/qmgr_feedback.c` and `qmgr_transport.c`.
 //! Events Postfix does not log (dead or revived destinations, deliveries,
-//! finished messages) give no line.
+//! finished messages) give no line. With `-v`, [`trace_line`] gives the
+//! `msg_verbose` lines of `qmgr/qmgr_*.c` in Postfix's words.
 
 use crate::proto::service;
-use crate::qmgr::{ClogAdvice, Event, Settings};
+use crate::qmgr::{ClogAdvice, Event, MessageId, Settings, Trace};
 
 /// A log line's severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,70 @@ pub fn event_lines(event: &Event, settings: &Settings) -> Vec<(Level, String)> {
             lines.into_iter().map(|l| (Level::Warning, l)).collect()
         }
         _ => Vec::new(),
+    }
+}
+
+/// The `-v` line of `trace`, in Postfix's words; `queue_id` names a
+/// message of the core by its queue id.
+pub fn trace_line(trace: &Trace, queue_id: impl Fn(MessageId) -> String) -> String {
+    match trace {
+        Trace::TransportCreate {
+            transport,
+            concurrency,
+            recipients,
+        } => format!(
+            "qmgr_transport_create: {transport} concurrency {concurrency} recipients {recipients}"
+        ),
+        Trace::TransportSelect { transport } => format!("qmgr_transport_select: {transport}"),
+        Trace::Allocate { transport } => format!("qmgr_active_drain: allocate {transport}"),
+        Trace::TransportEvent { transport } => format!("transport_event: {transport}"),
+        Trace::TransportThrottle { transport, reason } => format!(
+            "qmgr_transport_throttle: transport {transport}: status: {} reason: {}",
+            reason.status, reason.text
+        ),
+        Trace::TransportUnthrottle { transport } => {
+            format!("qmgr_transport_unthrottle: transport {transport}")
+        }
+        Trace::QueueThrottle { queue, reason } => format!(
+            "qmgr_queue_throttle: queue {queue}: {} {}",
+            reason.status, reason.text
+        ),
+        Trace::QueueUnthrottle { queue } => format!("qmgr_queue_unthrottle: queue {queue}"),
+        Trace::DeferTransport { transport, reason } => format!(
+            "defer transport {transport}: {} {}",
+            reason.status, reason.text
+        ),
+        Trace::DeferSite { queue, reason } => {
+            format!("defer site {queue}: {} {}", reason.status, reason.text)
+        }
+        Trace::EnableAll => "qmgr_enable_all".into(),
+        Trace::EnableTransport { transport } => format!("enable transport {transport}"),
+        Trace::EnableSite { transport, queue } => format!("enable site {transport}/{queue}"),
+        Trace::SessionCaching { queue, allow } => format!(
+            "qmgr_entry_select: {} on-demand session caching for {queue}",
+            if *allow { "allowing" } else { "disallowing" }
+        ),
+        Trace::QueueSelect { queue } => format!("qmgr_queue_select: {queue}"),
+        Trace::PeerSelect {
+            msg,
+            transport,
+            queue,
+            busy,
+            window,
+        } => format!(
+            "qmgr_peer_select: {} {transport} {queue} ({busy} of {window})",
+            queue_id(*msg)
+        ),
+        Trace::JobRetire { msg } => format!("qmgr_job_retire: {}", queue_id(*msg)),
+        Trace::JobFree { msg, transport } => {
+            format!("qmgr_job_free: {} {transport}", queue_id(*msg))
+        }
+        Trace::JobPreempt { current, by, level } => format!(
+            "qmgr_job_preempt: {} by {}, level {level}",
+            queue_id(*current),
+            queue_id(*by)
+        ),
+        Trace::JobPop { msg } => format!("qmgr_job_pop: {}", queue_id(*msg)),
     }
 }
 

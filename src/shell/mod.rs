@@ -54,7 +54,7 @@ enum Report {
     /// An agent announced itself and waits for a request.
     AgentReady {
         transport: String,
-        reply: tokio::sync::oneshot::Sender<Option<(crate::qmgr::EntryId, Vec<u8>)>>,
+        reply: tokio::sync::oneshot::Sender<Option<Delivery>>,
     },
     /// Connecting to an agent failed (already logged).
     AgentFailed { transport: String },
@@ -67,6 +67,15 @@ enum Report {
     },
     /// A completion notice (bounce, defer, trace) ended; `ok`: status 0.
     Notified { msg: MessageId, ok: bool },
+}
+
+/// What an agent session is given to deliver (`qmgr_deliver`).
+struct Delivery {
+    entry: crate::qmgr::EntryId,
+    /// The encoded request.
+    request: Vec<u8>,
+    /// The destination queue's name (for the `-v` line).
+    site: std::rc::Rc<str>,
 }
 
 /// A message in memory: what the shell keeps of it (`QMGR_MESSAGE`'s file
@@ -125,7 +134,10 @@ impl Daemon {
             .get_str("verp_delimiter_filter", "-=+", 1, 0)
             .unwrap_or_else(|_| "-=+".into());
         let core = Core::new(
-            Settings::from_params(&params, strategy),
+            Settings {
+                verbose: crate::log::verbose(),
+                ..Settings::from_params(&params, strategy)
+            },
             Box::new(TransportTable::new(params.clone(), cf)),
             Instant::now(),
         );
@@ -311,9 +323,20 @@ impl Daemon {
     /// Logs what the core reported, and lets go of messages that left it.
     fn log_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
-            logging::log_event(&event, self.core.settings());
-            if let Event::MessageFinished { msg, .. } = event {
-                self.messages.remove(&msg);
+            match event {
+                Event::Trace(t) => {
+                    let line = logging::trace_line(&t, |m| {
+                        self.messages
+                            .get(&m)
+                            .map_or_else(|| "?".into(), |m| m.queue_id.clone())
+                    });
+                    tracing::debug!("{line}");
+                }
+                Event::MessageFinished { msg, .. } => {
+                    logging::log_event(&event, self.core.settings());
+                    self.messages.remove(&msg);
+                }
+                _ => logging::log_event(&event, self.core.settings()),
             }
         }
     }

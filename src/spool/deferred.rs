@@ -150,6 +150,7 @@ impl DeferredScanner {
     }
 
     fn start(&mut self, now: i64) {
+        super::scan::log_scan_start(self.nflags, self.queue);
         self.flags = self.nflags;
         self.nflags = ScanFlags::default();
         self.apply_events();
@@ -190,7 +191,10 @@ impl DeferredScanner {
                 }
                 Some(Run::Indexed(ids)) => match ids.next() {
                     Some(id) => return Next::Id(id),
-                    None => self.run = None,
+                    None => {
+                        self.run = None;
+                        super::scan::log_scan_done(self.nflags, self.queue);
+                    }
                 },
                 Some(Run::Walk { walk, started }) => {
                     let started = *started;
@@ -227,6 +231,7 @@ impl DeferredScanner {
                         Step::Chunk => return Next::Again,
                         Step::End => {
                             self.run = None;
+                            super::scan::log_scan_done(self.nflags, self.queue);
                             if self.watch.is_some() {
                                 self.horizon_end = started + HORIZON;
                             }

@@ -248,15 +248,18 @@ impl Spool {
     /// (`qmgr_active_defer`).
     pub fn defer(&self, id: &str, from: &str, to: &str, now: i64, delay: i64) {
         const WHAT: &str = "qmgr_active_defer";
+        tracing::debug!("wakeup {id} after {delay} secs");
         let path = self.path(from, id);
         must(
             set_times(&path, now.saturating_add(delay)),
             IfVanished::Ignore,
             || format!("{WHAT}: update {} time stamps", path.display()),
         );
-        self.move_file(id, from, to, IfVanished::Warn, || {
+        if self.move_file(id, from, to, IfVanished::Warn, || {
             format!("{WHAT}: rename {id} from {from} to {to}")
-        });
+        }) {
+            tracing::debug!("{WHAT}: defer {id}");
+        }
     }
 
     /// Saves a damaged file from the active queue in the corrupt queue

@@ -97,6 +97,25 @@ impl DirWalk {
 
 /// One queue's scanner: the flags of the run in progress, the flags of the
 /// next run, and the walk.
+/// `qmgr_scan_start`'s `-v` line; "restart" when another scan was asked
+/// for meanwhile.
+pub(super) fn log_scan_start(nflags: ScanFlags, queue: &str) {
+    let re = if nflags.contains(ScanFlags::START) {
+        "re"
+    } else {
+        ""
+    };
+    tracing::debug!("qmgr_scan_start: {re}start {queue} queue scan");
+}
+
+/// `qmgr_scan_next`'s `-v` line at the end of a run (none when another
+/// follows at once).
+pub(super) fn log_scan_done(nflags: ScanFlags, queue: &str) {
+    if !nflags.contains(ScanFlags::START) {
+        tracing::debug!("done {queue} queue scan");
+    }
+}
+
 #[derive(Debug)]
 pub struct Scanner {
     queue: &'static str,
@@ -146,6 +165,7 @@ impl Scanner {
     }
 
     fn start(&mut self) {
+        log_scan_start(self.nflags, self.queue);
         self.flags = self.nflags;
         self.nflags = ScanFlags::default();
         self.walk = Some(DirWalk::new(self.queue));
@@ -159,6 +179,7 @@ impl Scanner {
                 return Some(id);
             }
             self.walk = None;
+            log_scan_done(self.nflags, self.queue);
         }
         if self.nflags.contains(ScanFlags::START) {
             self.start();
