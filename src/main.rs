@@ -164,6 +164,18 @@ fn main() {
 
     tracing::info!("{}", startup_line(strategy, &config_dir));
 
+    // The exporter runs on its own thread; start it outside our runtime.
+    let metrics = opts.metrics.as_deref().map(|addr| {
+        let cfg = rqmgr::shell::metrics::MetricsConfig {
+            listen: rqmgr::shell::metrics::parse_listen(addr)
+                .unwrap_or_else(|e| log::fatal(&e.to_string())),
+            destinations: opts.metrics_destinations,
+        };
+        rqmgr::shell::metrics::install(&cfg).unwrap_or_else(|e| log::fatal(&e.to_string()));
+        tracing::info!("info: metrics on http://{}/metrics", cfg.listen);
+        rqmgr::shell::metrics::Metrics::new(cfg.destinations)
+    });
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -171,6 +183,9 @@ fn main() {
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let mut daemon = Daemon::new(params.clone(), cf, strategy);
+        if let Some(m) = metrics {
+            daemon = daemon.with_metrics(m);
+        }
         daemon.start();
         let (trig_tx, trig_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Err(e) = master::spawn_listener(kind, generation, trig_tx) {

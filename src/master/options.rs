@@ -74,6 +74,18 @@ pub struct DaemonOptions {
     /// (Postfix's old queue manager). Also chosen by running as `oqmgr`.
     #[arg(long = "scheduler", value_name = "nqmgr|oqmgr")]
     pub scheduler: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this address: a port (on
+    /// 127.0.0.1), `ADDRESS:PORT` or `[IPV6]:PORT`. Off when absent.
+    #[arg(long = "metrics", value_name = "ADDRESS")]
+    pub metrics: Option<String>,
+    /// Per-destination metric series for at most this many destinations,
+    /// the busiest first (0, the default: none).
+    #[arg(
+        long = "metrics-destinations",
+        value_name = "COUNT",
+        default_value_t = 0
+    )]
+    pub metrics_destinations: usize,
     /// Print the version (`rqmgr 0.1.0`) and exit. Long form only: `-V`
     /// is master(8)'s "also log to stderr".
     #[arg(long = "version", action = clap::ArgAction::Version)]

@@ -285,3 +285,51 @@ impl<R> Snapshot<R> {
         self.message_views.iter().find(|m| m.msg == msg)
     }
 }
+
+/// The counts of one destination queue, without its entries (for
+/// metrics: [`Core::summary`]).
+#[derive(Debug, Clone)]
+pub struct QueueSummary {
+    pub name: Rc<str>,
+    /// Waiting entries, and entries with an agent.
+    pub todo: usize,
+    pub busy: i32,
+    /// The concurrency window (> 0 ready, 0 dead, -1 rate-delayed).
+    pub window: i32,
+}
+
+/// The counts of one transport and its queues.
+#[derive(Debug, Clone)]
+pub struct TransportSummary {
+    pub name: Rc<str>,
+    pub dead: bool,
+    pub queues: Vec<QueueSummary>,
+}
+
+impl<R> Core<R> {
+    /// Per transport and destination counts: O(transports + queues), no
+    /// entry is visited, so it is cheap enough to take every second.
+    pub fn summary(&self) -> Vec<TransportSummary> {
+        self.transports
+            .iter()
+            .map(|(_, tr)| TransportSummary {
+                name: tr.name.clone(),
+                dead: tr.dead.is_some(),
+                queues: tr
+                    .queues
+                    .items(&self.queue_links)
+                    .into_iter()
+                    .map(|q| {
+                        let queue = &self.queues[q];
+                        QueueSummary {
+                            name: queue.name.clone(),
+                            todo: queue.todo.len(),
+                            busy: queue.busy,
+                            window: queue.window,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}

@@ -145,6 +145,7 @@ async fn agent_session(
         return;
     }
     tracing::debug!("qmgr_deliver: site `{site}'");
+    let sent = Instant::now();
     let reply = with_timeout(timeouts.daemon, AttrList::read(&mut peer.reader)).await;
     let reply = match reply.and_then(|l| parse_reply(&l)) {
         Ok(r) => Some(r),
@@ -153,5 +154,10 @@ async fn agent_session(
             None
         }
     };
-    let _ = tx.send(Report::Replied { entry, reply });
+    let _ = tx.send(Report::Replied {
+        entry,
+        reply,
+        transport,
+        elapsed: sent.elapsed(),
+    });
 }

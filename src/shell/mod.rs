@@ -20,6 +20,7 @@ mod agent;
 mod complete;
 mod feed;
 pub mod logging;
+pub mod metrics;
 
 use crate::config::{DomainList, MainCf, Params, TransportTable};
 use crate::ipc::bounce::Services;
@@ -60,10 +61,13 @@ enum Report {
     AgentFailed { transport: String },
     /// Writing the request failed (already logged).
     WriteFailed { entry: crate::qmgr::EntryId },
-    /// The agent replied (`None`: no usable reply).
+    /// The agent replied (`None`: no usable reply), `elapsed` after the
+    /// request was written.
     Replied {
         entry: crate::qmgr::EntryId,
         reply: Option<crate::ipc::deliver::Reply>,
+        transport: String,
+        elapsed: Duration,
     },
     /// A completion notice (bounce, defer, trace) ended; `ok`: status 0.
     Notified { msg: MessageId, ok: bool },
@@ -124,6 +128,8 @@ pub struct Daemon {
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     verp_filter: Vec<u8>,
+    /// Prometheus metrics, when `--metrics` is given.
+    metrics: Option<metrics::Metrics>,
 }
 
 impl Daemon {
@@ -184,8 +190,15 @@ impl Daemon {
             reports_tx,
             reports_rx,
             verp_filter: verp_filter.into_bytes(),
+            metrics: None,
             params,
         }
+    }
+
+    /// Reports to `m` from now on (the exporter is installed already).
+    pub fn with_metrics(mut self, m: metrics::Metrics) -> Daemon {
+        self.metrics = Some(m);
+        self
     }
 
     /// Startup (`qmgr_post_init`): move `active` back to `incoming` (a
@@ -228,6 +241,8 @@ impl Daemon {
         ));
         deferred_timer.tick().await; // the first tick is immediate; startup already requested a scan
         let heartbeat = Duration::from_secs((self.params.qmgr_daemon_timeout as u64 / 3).max(1));
+        let mut gauge_timer = tokio::time::interval(Duration::from_secs(1));
+        let metrics_on = self.metrics.is_some();
         let inotify = self
             .scans
             .deferred
@@ -250,6 +265,14 @@ impl Daemon {
             // agents deliver would only fill memory.
             let (produced, fed_incoming) = self.feed_one().await;
             self.carry_out_actions().await;
+            if let Some(m) = &self.metrics {
+                if let Some(d) = self.scans.incoming.take_finished() {
+                    m.scan_done(spool::INCOMING, d);
+                }
+                if let Some(d) = self.scans.deferred.take_finished() {
+                    m.scan_done(spool::DEFERRED, d);
+                }
+            }
             if self.params.in_flow_delay > 0 {
                 Flow::regulate(
                     self.params.default_process_limit as usize,
@@ -282,6 +305,11 @@ impl Daemon {
                 }
                 _ = deferred_timer.tick() => {
                     self.scans.deferred.request(ScanFlags::START, crate::now_secs());
+                }
+                _ = gauge_timer.tick(), if metrics_on => {
+                    if let Some(m) = &mut self.metrics {
+                        m.gauges(&self.core);
+                    }
                 }
                 _ = wait_readable(inotify.as_ref()) => {
                     self.scans.deferred.apply_events();
@@ -323,6 +351,9 @@ impl Daemon {
     /// Logs what the core reported, and lets go of messages that left it.
     fn log_events(&mut self) {
         while let Some(event) = self.core.poll_event() {
+            if let Some(m) = &mut self.metrics {
+                m.on_event(&event);
+            }
             match event {
                 Event::Trace(t) => {
                     let line = logging::trace_line(&t, |m| {
@@ -334,7 +365,13 @@ impl Daemon {
                 }
                 Event::MessageFinished { msg, .. } => {
                     logging::log_event(&event, self.core.settings());
-                    self.messages.remove(&msg);
+                    if let Some(m) = self.messages.remove(&msg) {
+                        if let Some(metrics) = &self.metrics {
+                            let (s, us) = m.active_arrival;
+                            let (ns, nus) = crate::now_timeval();
+                            metrics.time_in_active((ns - s) as f64 + (nus - us) as f64 / 1e6);
+                        }
+                    }
                 }
                 _ => logging::log_event(&event, self.core.settings()),
             }
@@ -348,7 +385,17 @@ impl Daemon {
                 self.core.agent_failed(&transport, Instant::now());
             }
             Report::WriteFailed { entry } => self.core.write_failed(entry, Instant::now()),
-            Report::Replied { entry, reply } => self.delivery_done(entry, reply.as_ref()),
+            Report::Replied {
+                entry,
+                reply,
+                transport,
+                elapsed,
+            } => {
+                if let Some(m) = &mut self.metrics {
+                    m.delivery_time(&transport, elapsed);
+                }
+                self.delivery_done(entry, reply.as_ref());
+            }
             Report::Notified { msg, ok } => {
                 self.core
                     .complete(msg, crate::qmgr::Fact::Notified(ok), crate::now_secs());

@@ -76,6 +76,9 @@ pub struct DeferredScanner {
     /// The index is complete for files due before this (0: no full walk
     /// yet, or an overflow lost events).
     horizon_end: i64,
+    /// When the run in progress started, and how long the last one took.
+    started: Option<std::time::Instant>,
+    finished: Option<std::time::Duration>,
 }
 
 fn mtime(path: &Path) -> Option<i64> {
@@ -107,7 +110,14 @@ impl DeferredScanner {
             watch,
             index: HashMap::new(),
             horizon_end: 0,
+            started: None,
+            finished: None,
         }
+    }
+
+    /// How long the last finished run took, once.
+    pub fn take_finished(&mut self) -> Option<std::time::Duration> {
+        self.finished.take()
     }
 
     /// The queue this scanner walks.
@@ -151,6 +161,7 @@ impl DeferredScanner {
 
     fn start(&mut self, now: i64) {
         super::scan::log_scan_start(self.nflags, self.queue);
+        self.started = Some(std::time::Instant::now());
         self.flags = self.nflags;
         self.nflags = ScanFlags::default();
         self.apply_events();
@@ -193,6 +204,7 @@ impl DeferredScanner {
                     Some(id) => return Next::Id(id),
                     None => {
                         self.run = None;
+                        self.finished = self.started.take().map(|t| t.elapsed());
                         super::scan::log_scan_done(self.nflags, self.queue);
                     }
                 },
@@ -231,6 +243,7 @@ impl DeferredScanner {
                         Step::Chunk => return Next::Again,
                         Step::End => {
                             self.run = None;
+                            self.finished = self.started.take().map(|t| t.elapsed());
                             super::scan::log_scan_done(self.nflags, self.queue);
                             if self.watch.is_some() {
                                 self.horizon_end = started + HORIZON;

@@ -122,6 +122,9 @@ pub struct Scanner {
     flags: ScanFlags,
     nflags: ScanFlags,
     walk: Option<DirWalk>,
+    /// When the run in progress started, and how long the last one took.
+    started: Option<std::time::Instant>,
+    finished: Option<std::time::Duration>,
 }
 
 impl Scanner {
@@ -132,7 +135,14 @@ impl Scanner {
             flags: ScanFlags::default(),
             nflags: ScanFlags::default(),
             walk: None,
+            started: None,
+            finished: None,
         }
+    }
+
+    /// How long the last finished run took, once.
+    pub fn take_finished(&mut self) -> Option<std::time::Duration> {
+        self.finished.take()
     }
 
     /// The queue this scanner walks.
@@ -166,6 +176,7 @@ impl Scanner {
 
     fn start(&mut self) {
         log_scan_start(self.nflags, self.queue);
+        self.started = Some(std::time::Instant::now());
         self.flags = self.nflags;
         self.nflags = ScanFlags::default();
         self.walk = Some(DirWalk::new(self.queue));
@@ -179,6 +190,7 @@ impl Scanner {
                 return Some(id);
             }
             self.walk = None;
+            self.finished = self.started.take().map(|t| t.elapsed());
             log_scan_done(self.nflags, self.queue);
         }
         if self.nflags.contains(ScanFlags::START) {

@@ -200,7 +200,7 @@ impl Drop for Exporter {
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1; the body of a 200 answer.
-fn http_get(port: u16, path: &str) -> Result<String, String> {
+pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
