@@ -14,6 +14,7 @@ pub mod address;
 pub mod config;
 pub mod ipc;
 pub mod log;
+pub mod maillog;
 pub mod master;
 pub mod proto;
 pub mod qfile;

@@ -5,7 +5,12 @@
 //!
 //! ```text
 //! rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]
+//! rqmgr-sim --from-maillog MAILLOG [-o name=value]... [--scheduler ...] [--until ...]
 //! ```
+//!
+//! `--from-maillog` replays a real Postfix maillog instead
+//! ([`rqmgr::maillog`]): its arrivals, recipients per destination, and the
+//! delivery times and failures its delivery agents logged.
 //!
 //! The workload file, one directive per line (`#` starts a comment):
 //!
@@ -176,6 +181,25 @@ fn parse_workload(text: &str) -> Result<Workload, WorkloadError> {
     Ok(w)
 }
 
+/// What a queue of the destination table stands for: queues of the
+/// `retry` and `error` transports that qmgr itself fills are named after
+/// the reason it defers or bounces their mail with (`"4.4.1 text"`,
+/// `qmgr_error_nexthop`), not after a destination.
+fn destination_label(transport: &str, queue: &str) -> String {
+    let b = queue.as_bytes();
+    let dsn_named = b.len() > 6
+        && matches!(b[0], b'4' | b'5')
+        && b[1] == b'.'
+        && queue[2..].split_once(' ').is_some_and(|(code, _)| {
+            code.split('.').count() == 2 && code.split('.').all(|p| p.parse::<u16>().is_ok())
+        });
+    match transport {
+        "retry" if dsn_named => format!("(deferred by qmgr: {queue})"),
+        "error" if dsn_named => format!("(bounced by qmgr: {queue})"),
+        _ => queue.to_string(),
+    }
+}
+
 fn fmt_secs(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64())
 }
@@ -187,6 +211,7 @@ fn run() -> Result<(), SimError> {
     let mut overrides = Vec::new();
     let mut strategy = Strategy::Nqmgr;
     let mut until = Duration::from_secs(86400);
+    let mut from_maillog = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -210,8 +235,17 @@ fn run() -> Result<(), SimError> {
                 let text = it.next().ok_or_else(|| usage("--until needs seconds"))?;
                 until = seconds(text).map_err(SimError::Usage)?;
             }
+            "--from-maillog" => {
+                from_maillog = true;
+                file = Some(
+                    it.next()
+                        .ok_or_else(|| usage("--from-maillog needs a file"))?
+                        .clone(),
+                );
+            }
             "-h" | "--help" => {
                 println!("usage: rqmgr-sim WORKLOAD [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]");
+                println!("       rqmgr-sim --from-maillog MAILLOG [-o name=value]... [--scheduler nqmgr|oqmgr] [--until SECONDS]");
                 println!("See the comment at the top of src/bin/rqmgr-sim.rs (or man rqmgr) for the workload format.");
                 return Ok(());
             }
@@ -226,7 +260,26 @@ fn run() -> Result<(), SimError> {
         text: rqmgr::log::errno_text(&e),
         file: file.clone(),
     })?;
-    let w = parse_workload(&text)?;
+    let w = if from_maillog {
+        let m = rqmgr::maillog::read(&text).map_err(|e| SimError::Read {
+            file: file.clone(),
+            text: e.to_string(),
+        })?;
+        if m.skipped > 0 {
+            eprintln!(
+                "warning: {file}: {} delivery lines not understood",
+                m.skipped
+            );
+        }
+        Workload {
+            main_cf: String::new(),
+            processes: HashMap::new(),
+            destinations: m.destinations,
+            messages: m.messages,
+        }
+    } else {
+        parse_workload(&text)?
+    };
     let mut cf = MainCf::parse(&w.main_cf, Path::new(&file))?;
     cf.set("myhostname", "sim.example");
     for o in &overrides {
@@ -296,13 +349,20 @@ fn run() -> Result<(), SimError> {
     }
     println!();
     println!(
-        "{:<40} {:>9} {:>15}",
-        "destination", "requests", "max in flight"
+        "{:<10} {:<40} {:>9} {:>15}",
+        "transport", "destination", "requests", "max in flight"
     );
+    let transport_of: HashMap<&str, &str> = report
+        .requests
+        .iter()
+        .map(|(_, t, d, _, _)| (d.as_str(), t.as_str()))
+        .collect();
     for (d, n) in &report.attempts {
+        let transport = transport_of.get(d.as_str()).copied().unwrap_or("?");
         println!(
-            "{:<40} {:>9} {:>15}",
-            d,
+            "{:<10} {:<40} {:>9} {:>15}",
+            transport,
+            destination_label(transport, d),
             n,
             report.max_busy.get(d).copied().unwrap_or(0)
         );
@@ -323,6 +383,20 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_qmgr_queues() {
+        assert_eq!(
+            destination_label("retry", "4.4.1 connect to x: refused"),
+            "(deferred by qmgr: 4.4.1 connect to x: refused)"
+        );
+        assert_eq!(
+            destination_label("error", "5.1.3 bad address syntax"),
+            "(bounced by qmgr: 5.1.3 bad address syntax)"
+        );
+        assert_eq!(destination_label("error", "error.example"), "error.example");
+        assert_eq!(destination_label("smtp", "4.4.1 x"), "4.4.1 x");
+    }
 
     #[test]
     fn parses_the_documented_example() {
