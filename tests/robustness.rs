@@ -152,10 +152,10 @@ fn put_rcpts(out: &mut Vec<u8>, rcpts: &[Rcpt], expect: &mut Vec<Recipient>) {
         if r.done.is_none() {
             expect.push(Recipient {
                 offset,
-                dsn_orcpt: r.orcpt.clone().unwrap_or_default().into_bytes(),
+                dsn_orcpt: r.orcpt.clone().unwrap_or_default().into_bytes().into(),
                 dsn_notify: r.notify,
-                orig_rcpt: r.orig.clone().unwrap_or_default(),
-                address: r.address.clone(),
+                orig_rcpt: r.orig.clone().unwrap_or_default().into(),
+                address: r.address.clone().into(),
             });
         }
     }

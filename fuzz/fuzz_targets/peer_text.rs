@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         let (delims, rest) = data.split_at(2);
         let half = rest.len() / 2;
         let rcpt = Recipient {
-            address: rest[..half].to_vec(),
+            address: rest[..half].into(),
             ..Recipient::default()
         };
         let _ = verp_sender(delims, &rest[half..], &rcpt);

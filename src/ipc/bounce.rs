@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn notify_request_matches_capture() {
         let env = Envelope {
-            sender: Some(b"sender@discard.example".to_vec()),
+            sender: Some(b"sender@discard.example".as_slice().into()),
             ..Default::default()
         };
         let req = Notice::Bounce { verp: false }.request("D637999209F", &env);

@@ -110,7 +110,7 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
             del_flag::DEFLT
         };
     let stats = msg_stats(env.arrival, req.active_arrival);
-    fn s(o: &Option<Vec<u8>>) -> &[u8] {
+    fn s(o: &Option<Box<[u8]>>) -> &[u8] {
         o.as_deref().unwrap_or(b"")
     }
     let mut w = AttrWriter::new();
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn verp() {
         let r = Recipient {
-            address: b"joe@example.net".to_vec(),
+            address: b"joe@example.net".as_slice().into(),
             ..Default::default()
         };
         assert_eq!(
@@ -224,16 +224,16 @@ mod tests {
         let env = Envelope {
             data_offset: 375,
             cont_length: 267,
-            sender: Some(b"sender@discard.example".to_vec()),
+            sender: Some(b"sender@discard.example".as_slice().into()),
             arrival: (1795393402, 847387),
             ..Default::default()
         };
         let rcpts = vec![Recipient {
             offset: 260,
-            dsn_orcpt: b"rfc822;user1@capture.example".to_vec(),
+            dsn_orcpt: b"rfc822;user1@capture.example".as_slice().into(),
             dsn_notify: 0,
-            orig_rcpt: b"user1@capture.example".to_vec(),
-            address: b"user1@capture.example".to_vec(),
+            orig_rcpt: b"user1@capture.example".as_slice().into(),
+            address: b"user1@capture.example".as_slice().into(),
         }];
         let req = Request {
             queue_id: "D0D39992097",

@@ -25,13 +25,13 @@ pub struct Recipient {
     /// File offset of the recipient's `R` record (for marking it done).
     pub offset: u64,
     /// DSN ORCPT (`dsn_orig_rcpt`), or empty.
-    pub dsn_orcpt: Vec<u8>,
+    pub dsn_orcpt: Box<[u8]>,
     /// DSN NOTIFY mask, or 0.
     pub dsn_notify: u32,
     /// The original recipient (`O` record), or empty.
-    pub orig_rcpt: Vec<u8>,
+    pub orig_rcpt: Box<[u8]>,
     /// The recipient address (possibly rewritten by the resolver later).
-    pub address: Vec<u8>,
+    pub address: Box<[u8]>,
 }
 
 /// Everything qmgr takes from a queue file besides recipients, plus the
@@ -57,29 +57,29 @@ pub struct Envelope {
     /// `create_time` attribute, or the arrival seconds.
     pub create_time: i64,
     /// Envelope sender (empty = null sender); `None` until read.
-    pub sender: Option<Vec<u8>>,
+    pub sender: Option<Box<[u8]>>,
     /// Content filter `transport:nexthop` (`L` record, last wins).
-    pub filter: Option<Vec<u8>>,
+    pub filter: Option<Box<[u8]>>,
     /// Inspection transport (`I` record).
-    pub inspect: Option<Vec<u8>>,
+    pub inspect: Option<Box<[u8]>>,
     /// Redirect address (`>` record).
-    pub redirect: Option<Vec<u8>>,
+    pub redirect: Option<Box<[u8]>>,
     /// `encoding` attribute.
-    pub encoding: Vec<u8>,
+    pub encoding: Box<[u8]>,
     /// DSN ENVID.
-    pub dsn_envid: Vec<u8>,
+    pub dsn_envid: Box<[u8]>,
     /// DSN RET (0, 1 FULL, 2 HDRS).
     pub dsn_ret: u32,
-    pub client_name: Option<Vec<u8>>,
-    pub client_addr: Option<Vec<u8>>,
-    pub client_port: Option<Vec<u8>>,
-    pub client_proto: Option<Vec<u8>>,
-    pub client_helo: Option<Vec<u8>>,
-    pub sasl_method: Option<Vec<u8>>,
-    pub sasl_username: Option<Vec<u8>>,
-    pub sasl_sender: Option<Vec<u8>>,
-    pub log_ident: Option<Vec<u8>>,
-    pub rewrite_context: Option<Vec<u8>>,
+    pub client_name: Option<Box<[u8]>>,
+    pub client_addr: Option<Box<[u8]>>,
+    pub client_port: Option<Box<[u8]>>,
+    pub client_proto: Option<Box<[u8]>>,
+    pub client_helo: Option<Box<[u8]>>,
+    pub sasl_method: Option<Box<[u8]>>,
+    pub sasl_username: Option<Box<[u8]>>,
+    pub sasl_sender: Option<Box<[u8]>>,
+    pub log_ident: Option<Box<[u8]>>,
+    pub rewrite_context: Option<Box<[u8]>>,
     /// Trace flags (`trace_flags` attribute, masked).
     pub tflags: u32,
     /// Offset of the `trace_flags` attribute when it is exactly RECORD.
@@ -89,7 +89,7 @@ pub struct Envelope {
     /// Next delay-warning time (seconds), 0 = none, negative = sent.
     pub warn_time: i64,
     /// VERP delimiters (two characters).
-    pub verp_delims: Option<Vec<u8>>,
+    pub verp_delims: Option<Box<[u8]>>,
     /// Where the next batch starts; 0 = no more recipients to read.
     pub rcpt_offset: u64,
 }
@@ -176,9 +176,9 @@ fn dsn_notify_ok(n: u32) -> bool {
     n == 1 || (n != 0 && n & !DSN_NOTIFY_ANY == 0)
 }
 
-fn set_once(slot: &mut Option<Vec<u8>>, value: &[u8], id: &str, name: &str) {
+fn set_once(slot: &mut Option<Box<[u8]>>, value: &[u8], id: &str, name: &str) {
     if slot.is_none() {
-        *slot = Some(value.to_vec());
+        *slot = Some(value.into());
     } else {
         tracing::warn!(
             "{id}: ignoring multiple {name} attribute: {}",
@@ -267,8 +267,8 @@ fn read_records<R: Read + Seek>(
     out: &mut Vec<Recipient>,
 ) -> Result<(), Rejected> {
     let mut buf = Vec::with_capacity(256);
-    let mut orig_rcpt: Option<Vec<u8>> = None;
-    let mut dsn_orcpt: Option<Vec<u8>> = None;
+    let mut orig_rcpt: Option<Box<[u8]>> = None;
+    let mut dsn_orcpt: Option<Box<[u8]>> = None;
     let mut dsn_notify: u32 = 0;
     let mut have_log_client_attr = false;
     let mut batch = 0usize;
@@ -368,7 +368,7 @@ fn read_records<R: Read + Seek>(
                         dsn_orcpt: dsn_orcpt.take().unwrap_or_default(),
                         dsn_notify: std::mem::take(&mut dsn_notify),
                         orig_rcpt: orig_rcpt.take().unwrap_or_default(),
-                        address: data.to_vec(),
+                        address: data.into(),
                     });
                     batch += 1;
                     if batch >= limit {
@@ -408,7 +408,7 @@ fn read_records<R: Read + Seek>(
                     );
                 }
                 if env.rcpt_offset == 0 {
-                    dsn_orcpt = Some(data.to_vec());
+                    dsn_orcpt = Some(data.into());
                 }
                 continue;
             }
@@ -438,7 +438,7 @@ fn read_records<R: Read + Seek>(
                     );
                 }
                 if env.rcpt_offset == 0 {
-                    orig_rcpt = Some(data.to_vec());
+                    orig_rcpt = Some(data.into());
                 }
                 continue;
             }
@@ -517,20 +517,20 @@ fn read_records<R: Read + Seek>(
                 continue;
             }
             rec::FILT => {
-                env.filter = Some(data.to_vec());
+                env.filter = Some(data.into());
                 continue;
             }
             rec::INSP => {
-                env.inspect = Some(data.to_vec());
+                env.inspect = Some(data.into());
                 continue;
             }
             rec::RDR => {
-                env.redirect = Some(data.to_vec());
+                env.redirect = Some(data.into());
                 continue;
             }
             rec::FROM => {
                 if env.sender.is_none() {
-                    env.sender = Some(data.to_vec());
+                    env.sender = Some(data.into());
                     tracing::info!(
                         "{id}: from=<{}>, size={}, nrcpt={} (queue {})",
                         addr(data),
@@ -542,7 +542,7 @@ fn read_records<R: Read + Seek>(
                 continue;
             }
             rec::DSN_ENVID => {
-                env.dsn_envid = data.to_vec();
+                env.dsn_envid = data.into();
             }
             rec::DSN_RET => {
                 let n = if is_digits(data) { atol(data) } else { 0 };
@@ -573,7 +573,7 @@ fn read_records<R: Read + Seek>(
                             String::from_utf8_lossy(data)
                         );
                     } else {
-                        env.verp_delims = Some(data.to_vec());
+                        env.verp_delims = Some(data.into());
                     }
                 }
                 continue;
@@ -609,13 +609,13 @@ fn apply_attribute(
     offset: u64,
     have_log: &mut bool,
 ) {
-    let legacy = |slot: &mut Option<Vec<u8>>, have: bool| {
+    let legacy = |slot: &mut Option<Box<[u8]>>, have: bool| {
         if !have && slot.is_none() {
-            *slot = Some(value.to_vec());
+            *slot = Some(value.into());
         }
     };
     match name {
-        b"encoding" => env.encoding = value.to_vec(),
+        b"encoding" => env.encoding = value.into(),
         b"client_name" => legacy(&mut env.client_name, *have_log),
         b"client_address" => legacy(&mut env.client_addr, *have_log),
         b"client_port" => legacy(&mut env.client_port, *have_log),
@@ -633,7 +633,7 @@ fn apply_attribute(
                 b"log_protocol_name" => &mut env.client_proto,
                 _ => &mut env.client_helo,
             };
-            *slot = Some(value.to_vec());
+            *slot = Some(value.into());
             *have_log = true;
         }
         b"sasl_method" => set_once(&mut env.sasl_method, value, id, "sasl_method"),

@@ -112,11 +112,11 @@ impl Daemon {
         let msg = self.core.message_new(qflags, Instant::now());
         self.messages.insert(
             msg,
-            InCore {
+            Box::new(InCore {
                 queue_id: id.to_string(),
                 env: Default::default(),
                 active_arrival: crate::now_timeval(),
-            },
+            }),
         );
         let Ok(recipients) = self.read_recipients(msg, &file) else {
             drop(file);
@@ -259,7 +259,7 @@ impl Daemon {
                 Lookup::Route { transport, nexthop } => Resolution {
                     transport,
                     nexthop,
-                    address: rcpt.address.clone(),
+                    address: rcpt.address.to_vec(),
                     flags: 0,
                 },
                 Lookup::Redirect { to, verify } => {
@@ -268,7 +268,9 @@ impl Daemon {
                 }
                 Lookup::Resolve { verify } => self.resolve(verify, &sender, &rcpt.address).await,
             };
-            rcpt.address.clone_from(&res.address);
+            if *rcpt.address != *res.address {
+                rcpt.address = res.address.as_slice().into();
+            }
             batch.push((res, rcpt));
         }
         let assigned = self.core.assign_batch(msg, batch, Instant::now());

@@ -120,7 +120,8 @@ pub struct Daemon {
     params: Params,
     spool: Spool,
     core: Core<Recipient>,
-    messages: HashMap<MessageId, InCore>,
+    /// Boxed: a table of 560-byte values would hold empty ones too.
+    messages: HashMap<MessageId, Box<InCore>>,
     scans: Scans,
     feed_order: FeedOrder,
     resolver: Resolver,
