@@ -522,4 +522,4 @@ impl<R> Core<R> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
