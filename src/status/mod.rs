@@ -562,7 +562,7 @@ fn entry_state<R>(
         let by = snap
             .jobs
             .iter()
-            .find(|j| j.preempted == Some(msg) && &*j.transport == &*e.transport);
+            .find(|j| j.preempted == Some(msg) && j.transport == e.transport);
         if let Some(by) = by.filter(|_| !job.current) {
             st.state = "preempted".into();
             st.job = queue_id_of(by.msg);
@@ -581,7 +581,7 @@ fn entry_state<R>(
             if let Some(cur) = snap
                 .jobs
                 .iter()
-                .find(|j| j.current && &*j.transport == &*e.transport)
+                .find(|j| j.current && j.transport == e.transport)
             {
                 st.state = "blocked".into();
                 st.job = queue_id_of(cur.msg);

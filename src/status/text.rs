@@ -18,10 +18,24 @@ fn cut(s: &str, width: usize) -> String {
     }
 }
 
+/// `t` as `HH:MM:SS` when it is on the same UTC day as `now`, else with
+/// the date (`YYYY-MM-DD HH:MM:SS UTC`).
+fn clock_time(t: i64, now: i64) -> String {
+    if t.div_euclid(86_400) == now.div_euclid(86_400) {
+        utc(t)[11..19].to_string()
+    } else {
+        utc(t)
+    }
+}
+
 /// ` until TIME (in 4m12s)`, or nothing.
 fn until(t: Option<i64>, now: i64) -> String {
     match t {
-        Some(t) => format!(" until {} (in {})", utc(t), short_duration(t - now)),
+        Some(t) => format!(
+            " until {} (in {})",
+            clock_time(t, now),
+            short_duration(t - now)
+        ),
         None => String::new(),
     }
 }
@@ -32,7 +46,8 @@ fn scan_line(name: &str, s: &ScanView, now: i64, what: &str) -> String {
         (Some(n), Some(t)) => {
             let _ = write!(
                 line,
-                "last scan moved {n} {what}to active, {} ago",
+                "the last scan took {n} {what}message{} into active, {} ago",
+                if n == 1 { "" } else { "s" },
                 short_duration(now - t)
             );
         }
@@ -44,9 +59,13 @@ fn scan_line(name: &str, s: &ScanView, now: i64, what: &str) -> String {
     line
 }
 
-fn transport_state(t: &Transport, now: i64) -> String {
+/// The state column, and the reason to print on the next line.
+fn transport_state(t: &Transport, now: i64) -> (String, Option<String>) {
     if let Some(d) = &t.dead {
-        return format!("dead{}: {} {}", until(d.until, now), d.status, d.reason);
+        return (
+            format!("dead{}", until(d.until, now)),
+            Some(format!("{} {}", d.status, d.reason)),
+        );
     }
     let mut parts = Vec::new();
     if t.rate_delay > 0 {
@@ -59,29 +78,40 @@ fn transport_state(t: &Transport, now: i64) -> String {
     if t.pending > 0 {
         parts.push(format!("{} agents starting", t.pending));
     }
-    if parts.is_empty() {
+    let state = if parts.is_empty() {
         "ok".into()
     } else {
         parts.join(", ")
-    }
+    };
+    (state, None)
 }
 
-fn destination_state(d: &Destination, now: i64) -> String {
+/// The state column, and the reason to print on the next line.
+fn destination_state(d: &Destination, now: i64) -> (String, Option<String>) {
     match d.state.as_str() {
         "dead" => match &d.dead {
-            Some(x) => format!("dead{}: {} {}", until(x.until, now), x.status, x.reason),
-            None => "dead".into(),
+            Some(x) => (
+                format!("dead{}", until(x.until, now)),
+                Some(format!("{} {}", x.status, x.reason)),
+            ),
+            None => ("dead".into(), None),
         },
         "suspended" => match d.next_slot {
-            Some(t) => format!(
-                "rate delay: next slot at {} (in {})",
-                utc(t),
-                short_duration(t - now)
+            Some(t) => (
+                format!(
+                    "rate delay: next slot at {} (in {})",
+                    clock_time(t, now),
+                    short_duration(t - now)
+                ),
+                None,
             ),
-            None => "rate delay".into(),
+            None => ("rate delay".into(), None),
         },
-        "full" => format!("window full ({} busy of {})", d.busy, d.window),
-        other => other.to_string(),
+        "full" => (
+            format!("window full ({} busy of {})", d.busy, d.window),
+            None,
+        ),
+        other => (other.to_string(), None),
     }
 }
 
@@ -125,13 +155,11 @@ pub fn status(s: &Status) -> String {
             Some(l) => format!("{}/{l}", t.busy),
             None => t.busy.to_string(),
         };
-        let _ = writeln!(
-            out,
-            "{:<tw$}  {agents:>9}  {:>6}  {}",
-            t.name,
-            t.todo,
-            transport_state(t, now)
-        );
+        let (state, why) = transport_state(t, now);
+        let _ = writeln!(out, "{:<tw$}  {agents:>9}  {:>6}  {state}", t.name, t.todo);
+        if let Some(why) = why {
+            let _ = writeln!(out, "    {why}");
+        }
     }
     let mut dests: Vec<(&Transport, &Destination)> = s
         .transports
@@ -174,14 +202,15 @@ pub fn status(s: &Status) -> String {
         let oldest = d
             .oldest_age
             .map_or("-".to_string(), |a| short_duration(a as i64));
+        let (state, why) = destination_state(d, now);
         let _ = writeln!(
             out,
-            "{name:<nw$}  {:>6} {:>6} {:>4} {window:>9} {feedback:>11} {oldest:>6}  {}",
-            d.todo,
-            d.todo_recipients,
-            d.busy,
-            destination_state(d, now)
+            "{name:<nw$}  {:>6} {:>6} {:>4} {window:>9} {feedback:>11} {oldest:>6}  {state}",
+            d.todo, d.todo_recipients, d.busy,
         );
+        if let Some(why) = why {
+            let _ = writeln!(out, "    {why}");
+        }
     }
     out
 }
