@@ -405,9 +405,9 @@ pub struct Explain {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RecipientState {
     pub address: String,
-    /// What holds it, most binding first: `delivering`, `transport_dead`,
-    /// `dead`, `rate_delay`, `window_full`, `preempted`, `blocked`,
-    /// `todo` (active); `deferred`, `hold`, `incoming`, `unknown`.
+    /// What holds it, the most binding reason: `delivering`,
+    /// `transport_dead`, `dead`, `rate_delay`, `window_full`, `preempted`,
+    /// `blocked`, `todo` (active); `deferred` (from the defer logfile).
     pub state: String,
     /// The same, in one line of words.
     pub text: String,
