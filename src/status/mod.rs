@@ -547,7 +547,7 @@ fn entry_state<R>(
             Some(t) => format!(
                 "{behind}; waiting for a rate-delay slot at {} (in {})",
                 utc(t),
-                short_duration(t - clock.unix_now())
+                short_duration(t.saturating_sub(clock.unix_now()))
             ),
             None => format!("{behind}; waiting for a rate-delay slot"),
         };
@@ -604,7 +604,7 @@ fn until_text(until: Option<i64>, clock: &Clock) -> String {
         Some(t) => format!(
             " until {} (in {})",
             utc(t),
-            short_duration(t - clock.unix_now())
+            short_duration(t.saturating_sub(clock.unix_now()))
         ),
         None => String::new(),
     }

@@ -141,3 +141,41 @@ fn utc_and_durations() {
     assert_eq!(short_duration(7260), "2h01m");
     assert_eq!(short_duration(-61), "-1m01s");
 }
+
+#[test]
+fn explain_names_the_job_served_first() {
+    let now = Instant::now();
+    let mut c = core(now);
+    let m1 = message(
+        &mut c,
+        now,
+        &[
+            ("smtp", "a.example", "x@a.example", 1),
+            ("smtp", "b.example", "y@b.example", 2),
+        ],
+    );
+    let m2 = message(&mut c, now, &[("smtp", "c.example", "z@c.example", 3)]);
+    let _ = c.agent_ready("smtp", now).unwrap();
+    let clk = clock(now);
+    let ids = |m: MessageId| Some(if m == m1 { "M1" } else { "M2" }.to_string());
+    let snap = c.snapshot(now);
+    let x2 = Explain::in_core(&snap, m2, "M2", &clk, &addr, &ids);
+    let r = &x2.recipients[0];
+    assert_eq!(
+        (r.state.as_str(), r.job.as_deref()),
+        ("blocked", Some("M1")),
+        "{r:?}"
+    );
+    assert!(
+        r.text.contains("transport smtp serves job M1 first"),
+        "{}",
+        r.text
+    );
+    let text = text::explain(&x2, clk.unix_now());
+    assert!(
+        text.starts_with(
+            "M2: active\n  r3@x: in active, in the todo list of smtp:c.example behind 0 entries"
+        ),
+        "{text}"
+    );
+}

@@ -34,7 +34,7 @@ fn until(t: Option<i64>, now: i64) -> String {
         Some(t) => format!(
             " until {} (in {})",
             clock_time(t, now),
-            short_duration(t - now)
+            short_duration(t.saturating_sub(now))
         ),
         None => String::new(),
     }
@@ -48,7 +48,7 @@ fn scan_line(name: &str, s: &ScanView, now: i64, what: &str) -> String {
                 line,
                 "the last scan took {n} {what}message{} into active, {} ago",
                 if n == 1 { "" } else { "s" },
-                short_duration(now - t)
+                short_duration(now.saturating_sub(t))
             );
         }
         _ => line.push_str("not scanned yet"),
@@ -101,7 +101,7 @@ fn destination_state(d: &Destination, now: i64) -> (String, Option<String>) {
                 format!(
                     "rate delay: next slot at {} (in {})",
                     clock_time(t, now),
-                    short_duration(t - now)
+                    short_duration(t.saturating_sub(now))
                 ),
                 None,
             ),
@@ -221,7 +221,7 @@ pub fn explain(e: &Explain, now: i64) -> String {
     let mut out = String::new();
     let _ = write!(out, "{}: {}", e.queue_id, e.place.name());
     if let Some(due) = e.due {
-        let left = due - now;
+        let left = due.saturating_sub(now);
         if left > 0 {
             let _ = write!(out, ", due at {} (in {})", utc(due), short_duration(left));
         } else {
@@ -229,7 +229,7 @@ pub fn explain(e: &Explain, now: i64) -> String {
                 out,
                 ", due since {} ({} ago)",
                 utc(due),
-                short_duration(-left)
+                short_duration(left.saturating_neg())
             );
         }
     }
