@@ -168,6 +168,11 @@ fn dead_destination_deferred_and_held_mail(q: Qmgr) {
     });
     let x = explain_json(&inst, &held);
     inst.check(x["place"] == "hold", &format!("on hold: {x}"));
+    let r = &x["recipients"][0];
+    inst.check(
+        r["address"] == "y@held.example" && r["state"] == "hold",
+        &format!("its recipient, from the queue file: {x}"),
+    );
     let text = run(&inst, "explain", &[&held]);
     inst.check(text.contains("on hold"), &format!("explain text:\n{text}"));
 

@@ -190,34 +190,57 @@ impl Instance {
             return out;
         };
         out.place = place;
+        let queue = places
+            .iter()
+            .find(|p| p.0 == place)
+            .map_or(crate::spool::DEFERRED, |p| p.1);
+        let file = self.queue_path(&self.spool.path(queue, id));
+        let pending = || pending_recipients(&file, id).unwrap_or_default();
+        let each = |out: &mut Explain, state: &str, text: &str| {
+            for address in pending() {
+                out.recipients.push(RecipientState {
+                    address,
+                    state: state.into(),
+                    text: text.into(),
+                    ..RecipientState::default()
+                });
+            }
+        };
         match place {
             Place::Deferred => {
                 out.due = Some(meta.mtime());
                 let log = self.queue_path(&self.spool.path(crate::spool::DEFER, id));
-                match std::fs::read(&log) {
-                    Ok(data) => {
-                        for r in deferlog::last_per_recipient(deferlog::parse(&data)) {
-                            out.recipients.push(RecipientState {
-                                address: r.recipient,
-                                state: "deferred".into(),
-                                text: format!("in deferred; last reason: {} {}", r.status, r.reason),
-                                status: Some(r.status),
-                                reason: Some(r.reason),
-                                ..RecipientState::default()
-                            });
-                        }
-                    }
-                    Err(_) => out
-                        .notes
-                        .push("in deferred, without a defer logfile".into()),
+                let records = std::fs::read(&log)
+                    .map(|data| deferlog::last_per_recipient(deferlog::parse(&data)))
+                    .unwrap_or_default();
+                for r in records {
+                    out.recipients.push(RecipientState {
+                        address: r.recipient,
+                        state: "deferred".into(),
+                        text: format!("in deferred; last reason: {} {}", r.status, r.reason),
+                        status: Some(r.status),
+                        reason: Some(r.reason),
+                        ..RecipientState::default()
+                    });
+                }
+                if out.recipients.is_empty() {
+                    each(
+                        &mut out,
+                        "deferred",
+                        "in deferred; no reason in its defer logfile",
+                    );
                 }
             }
-            Place::Hold => out
-                .notes
-                .push("on hold: not delivered until released (postsuper -H)".into()),
-            Place::Incoming => out
-                .notes
-                .push("in incoming: waiting for the queue manager to take it in".into()),
+            Place::Hold => {
+                out.notes
+                    .push("on hold: not delivered until released (postsuper -H)".into());
+                each(&mut out, "hold", "on hold");
+            }
+            Place::Incoming => {
+                out.notes
+                    .push("in incoming: waiting for the queue manager to take it in".into());
+                each(&mut out, "incoming", "in incoming");
+            }
             Place::Maildrop => out
                 .notes
                 .push("in maildrop: waiting for pickup(8)".into()),
@@ -228,6 +251,40 @@ impl Instance {
         }
         out
     }
+}
+
+/// The largest queue file `explain` reads for its recipients, bytes.
+const MAX_QUEUE_FILE: u64 = 64 << 20;
+
+/// The recipients of queue file `path` not yet done, as the queue manager
+/// would read them (`qfile::read_batch`, batch after batch); `None` if the
+/// file cannot be read or is damaged.
+fn pending_recipients(path: &Path, id: &str) -> Option<Vec<String>> {
+    let file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len > MAX_QUEUE_FILE {
+        return None;
+    }
+    let opts = crate::qfile::ReadOptions {
+        queue: "explain",
+        verp_filter: b"-=+",
+        confirm_delay_cleared: false,
+    };
+    let mut env = crate::qfile::Envelope::default();
+    let mut out = Vec::new();
+    let shown = path.to_string_lossy();
+    // Each batch moves on in the file; the bound only guards a loop.
+    for _ in 0..100_000 {
+        crate::qfile::read_batch(&file, len, &shown, id, &mut env, 1000, &opts, &mut out).ok()?;
+        if env.rcpt_offset == 0 {
+            break;
+        }
+    }
+    Some(
+        out.iter()
+            .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+            .collect(),
+    )
 }
 
 /// master.cf's logical lines: comments and blank lines dropped, a line

@@ -397,7 +397,9 @@ pub struct Explain {
     /// About the whole message (a completion step it waits on, recipients
     /// not yet read from its file, hold), or empty.
     pub notes: Vec<String>,
-    /// One per recipient (active: per recipient still in an entry).
+    /// One per recipient not yet done (active: in an entry; deferred: in
+    /// the defer logfile, else in the queue file; hold, incoming: in the
+    /// queue file).
     pub recipients: Vec<RecipientState>,
 }
 
@@ -407,7 +409,8 @@ pub struct RecipientState {
     pub address: String,
     /// What holds it, the most binding reason: `delivering`,
     /// `transport_dead`, `dead`, `rate_delay`, `window_full`, `preempted`,
-    /// `blocked`, `todo` (active); `deferred` (from the defer logfile).
+    /// `blocked`, `todo` (active); `deferred`, `hold`, `incoming` (from
+    /// the queue directory).
     pub state: String,
     /// The same, in one line of words.
     pub text: String,
