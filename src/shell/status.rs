@@ -131,18 +131,19 @@ async fn serve(mut stream: UnixStream, reports: mpsc::UnboundedSender<Report>) {
 }
 
 impl Daemon {
-    /// Answers one status request from the core's snapshot.
+    /// Answers one status request: `status` from the core's summary,
+    /// `explain` from its full snapshot.
     pub(super) fn answer(&self, request: &Request) -> Answer {
         let clock = Clock::now();
-        let snap = self.core.snapshot(clock.now);
         match request {
             Request::Status => Answer::Status(Status::from_snapshot(
-                &snap,
+                &self.core.summary(clock.now),
                 &clock,
                 self.scan_view(crate::qmgr::scan::ScanQueue::Incoming),
                 self.scan_view(crate::qmgr::scan::ScanQueue::Deferred),
             )),
             Request::Explain(id) => {
+                let snap = self.core.snapshot(clock.now);
                 let msg = self
                     .messages
                     .iter()

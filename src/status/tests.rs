@@ -125,6 +125,15 @@ fn explain_window_full_and_rate_delay() {
     assert_eq!(r.state, "rate_delay");
     assert_eq!(r.until, Some(clk.unix_now() + 1));
     let st = Status::from_snapshot(&snap, &clk, ScanView::default(), ScanView::default());
+    // The summary (what the daemon answers status from) says the same.
+    let summary = c.summary(now);
+    assert!(summary.message_views.is_empty() && summary.jobs.is_empty());
+    let from_summary =
+        Status::from_snapshot(&summary, &clk, ScanView::default(), ScanView::default());
+    assert_eq!(
+        serde_json::to_string(&from_summary).unwrap(),
+        serde_json::to_string(&st).unwrap()
+    );
     let d = &st.transports[0].destinations[0];
     assert_eq!(d.state, "suspended");
     assert_eq!(d.next_slot, Some(clk.unix_now() + 1));
