@@ -8,7 +8,8 @@
 //! master(8)), [`config`] (main.cf), [`spool`] (the queue directory and
 //! its files), [`qfile`] (queue-file records), [`ipc`] (attribute protocol
 //! and peer clients), [`proto`] (protocol constants), [`address`] and
-//! [`log`] (Postfix-format logging).
+//! [`log`] (Postfix-format logging); [`status`] is rqmgr's own `status`
+//! and `explain` commands.
 
 pub mod address;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod qmgr;
 pub mod shell;
 pub mod sim;
 pub mod spool;
+pub mod status;
 
 /// Wall-clock time in whole seconds since the epoch (Postfix's `time()`).
 pub fn now_secs() -> i64 {

@@ -54,6 +54,12 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // `rqmgr status`, `rqmgr explain ID`: the administrator's commands.
+    // master(8) never starts a service with a word first.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if rqmgr::status::client::is_admin_command(&args) {
+        std::process::exit(rqmgr::status::client::main(args));
+    }
     let progname = program_name();
     let opts = match DaemonOptions::try_parse() {
         Ok(o) => o,

@@ -9,6 +9,8 @@ See bench/README.md for what each scenario measures and how.
 
 import contextlib
 import os
+import subprocess
+import threading
 import time
 import traceback
 
@@ -142,6 +144,41 @@ def finish(run, log, sampler):
                          + " ".join(map(str, pids[:5])) + (" ..." if len(pids) > 5 else ""))
 
 
+class StatusPoller:
+    """rqmgr only: `rqmgr status --json` every `period` seconds in a thread
+    while a measurement runs; counts the answers and the failures."""
+
+    def __init__(self, inst, period=0.1):
+        self.argv = [inst.qmgr_path, "status", "-c", inst.etc, "--json"]
+        self.spool = inst.spool
+        self.period = period
+        self.ok, self.failed, self.first_error = 0, 0, None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        # From the moment rqmgr has made its socket (it starts with the drain).
+        sock = os.path.join(self.spool, "private", "#rqmgr-status")
+        while not self.stop_flag.is_set() and not os.path.exists(sock):
+            self.stop_flag.wait(0.01)
+        while not self.stop_flag.is_set():
+            r = subprocess.run(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if r.returncode == 0:
+                self.ok += 1
+            else:
+                self.failed += 1
+                self.first_error = self.first_error or r.stderr.decode(errors="replace").strip()
+            self.stop_flag.wait(self.period)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join()
+
+
 # ---- checks ------------------------------------------------------------------
 
 def check_delivered(run, msgs, rcpts, what="staged"):
@@ -244,11 +281,20 @@ def drain(ctx, run, p):
 
         log, sampler = begin(ctx, inst, run)
         total = n * rcpts
+        poll = p.get("status_poll") and run.qmgr == "rqmgr"
+        if p.get("status_poll") and not poll:
+            run.notes.append("no status queries: only rqmgr answers them")
         c_machine = machine_busy_seconds()
         t0 = inst.enable_qmgr()
-        t1 = wait(ctx, run, log, sampler, lambda: log.removed_total >= len(ids),
-                  lambda: (log.removed_total, log.sent_total), timeout=120 + total / 50, poll=0.02)
+        with (StatusPoller(inst) if poll else contextlib.nullcontext()) as poller:
+            t1 = wait(ctx, run, log, sampler, lambda: log.removed_total >= len(ids),
+                      lambda: (log.removed_total, log.sent_total), timeout=120 + total / 50,
+                      poll=0.02)
         c_machine = machine_busy_seconds() - c_machine
+        if poller is not None:
+            run.figures["status queries"] = poller.ok
+            run.check(poller.failed == 0, f"{poller.failed} status queries failed, first: "
+                                          f"{poller.first_error}")
         finish(run, log, sampler)
         if t1 is None:
             return

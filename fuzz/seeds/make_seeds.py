@@ -102,6 +102,16 @@ qmgr_message_active_limit = 100
         "times": (1795393402).to_bytes(8, "little") + (847387).to_bytes(8, "little")
         + (1795393403).to_bytes(8, "little") + (12).to_bytes(8, "little") + b"\x02\x02",
     },
+    "status_input": {
+        "status": b"status\n",
+        "explain": b"explain 6FAE3991F95\n",
+        "deferlog": b"recipient=x@closed.example\noffset=250\nstatus=4.4.1\naction=delayed\n"
+        b"reason=connect to 127.0.0.1[127.0.0.1]:28695: Connection refused\n\n<b@y>: old style\n\n",
+        "answer": b'{"explain":{"queue_id":"A","place":"deferred","due":1800000300,"notes":[],'
+        b'"recipients":[{"address":"x@y","state":"deferred","text":"in deferred","transport":null,'
+        b'"destination":null,"ahead":null,"busy":null,"window":null,"until":null,'
+        b'"status":"4.4.1","reason":"r","job":null}]}}',
+    },
 }
 
 for target, seeds in SEEDS.items():

@@ -22,6 +22,9 @@ pub enum ServiceType {
     name = "rqmgr",
     version,
     about = "Postfix queue manager replacement, started by master(8)",
+    after_help = "Commands for the administrator (see rqmgr(8), STATUS):\n  \
+                  rqmgr status [-c config_directory] [--json]\n  \
+                  rqmgr explain [-c config_directory] [--json] QUEUE_ID",
     disable_version_flag = true
 )]
 pub struct DaemonOptions {

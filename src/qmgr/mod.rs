@@ -540,4 +540,4 @@ impl<R> Core<R> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -151,8 +151,20 @@ impl Stage {
 }
 
 impl<R: Clone> Core<R> {
+    /// The transports, their queues and the totals only, at `now`: what
+    /// `rqmgr status` shows. Leaves out the jobs and the per-message and
+    /// per-entry views (no recipient is copied), so that it costs one walk
+    /// of the todo lists and few allocations.
+    pub fn summary(&self, now: Instant) -> Snapshot<R> {
+        self.picture(now, false)
+    }
+
     /// A read-only picture of everything, at `now`.
     pub fn snapshot(&self, now: Instant) -> Snapshot<R> {
+        self.picture(now, true)
+    }
+
+    fn picture(&self, now: Instant, full: bool) -> Snapshot<R> {
         let at = |secs: u64| self.epoch + Duration::from_secs(secs);
         let timer_at = |key: Option<super::TimerKey>| key.map(|k| k.0);
         let mut ahead: HashMap<super::EntryId, usize> = HashMap::new();
@@ -165,7 +177,9 @@ impl<R: Clone> Core<R> {
                 let mut todo_recipients = 0;
                 let mut oldest: Option<u64> = None;
                 for (i, &e) in todo.iter().enumerate() {
-                    ahead.insert(e, i);
+                    if full {
+                        ahead.insert(e, i);
+                    }
                     let entry = &self.entries[e];
                     todo_recipients += entry.recipients.len();
                     let t = self.messages[entry.msg].queued_time;
@@ -205,6 +219,19 @@ impl<R: Clone> Core<R> {
                 rcpt_unused: tr.rcpt_unused,
                 queues,
             });
+        }
+        if !full {
+            return Snapshot {
+                taken: now,
+                strategy: self.settings.strategy,
+                messages: self.messages.len(),
+                active_limit: self.settings.active_limit,
+                recipients: self.recipient_count,
+                recipient_limit: self.settings.recipient_limit,
+                transports,
+                jobs: Vec::new(),
+                message_views: Vec::new(),
+            };
         }
         let jobs = self
             .jobs
@@ -283,53 +310,5 @@ impl<R> Snapshot<R> {
     /// The view of message `msg`.
     pub fn message(&self, msg: MessageId) -> Option<&MessageView<R>> {
         self.message_views.iter().find(|m| m.msg == msg)
-    }
-}
-
-/// The counts of one destination queue, without its entries (for
-/// metrics: [`Core::summary`]).
-#[derive(Debug, Clone)]
-pub struct QueueSummary {
-    pub name: Rc<str>,
-    /// Waiting entries, and entries with an agent.
-    pub todo: usize,
-    pub busy: i32,
-    /// The concurrency window (> 0 ready, 0 dead, -1 rate-delayed).
-    pub window: i32,
-}
-
-/// The counts of one transport and its queues.
-#[derive(Debug, Clone)]
-pub struct TransportSummary {
-    pub name: Rc<str>,
-    pub dead: bool,
-    pub queues: Vec<QueueSummary>,
-}
-
-impl<R> Core<R> {
-    /// Per transport and destination counts: O(transports + queues), no
-    /// entry is visited, so it is cheap enough to take every second.
-    pub fn summary(&self) -> Vec<TransportSummary> {
-        self.transports
-            .iter()
-            .map(|(_, tr)| TransportSummary {
-                name: tr.name.clone(),
-                dead: tr.dead.is_some(),
-                queues: tr
-                    .queues
-                    .items(&self.queue_links)
-                    .into_iter()
-                    .map(|q| {
-                        let queue = &self.queues[q];
-                        QueueSummary {
-                            name: queue.name.clone(),
-                            todo: queue.todo.len(),
-                            busy: queue.busy,
-                            window: queue.window,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect()
     }
 }

@@ -122,7 +122,7 @@ fn done(msg: MessageId) -> Action<u32> {
     }
 }
 
-fn hop_failure(status: &'static str, text: &'static str) -> AgentReply<'static> {
+pub(crate) fn hop_failure(status: &'static str, text: &'static str) -> AgentReply<'static> {
     AgentReply::Final {
         status: -1,
         hop_status: status.as_bytes(),

@@ -292,16 +292,17 @@ impl Metrics {
         metrics::histogram!("rqmgr_scan_seconds", "queue" => queue).record(elapsed.as_secs_f64());
     }
 
-    /// Sets the gauges from the core's counts (once a second).
-    pub fn gauges<R>(&mut self, core: &Core<R>) {
+    /// Sets the gauges from the core's counts (once a second), from
+    /// [`Core::summary`] (transports and queues, no recipient copied).
+    pub fn gauges<R: Clone>(&mut self, core: &Core<R>) {
         let s = core.settings();
         metrics::gauge!("rqmgr_active_messages").set(core.message_count() as f64);
         metrics::gauge!("rqmgr_active_recipients").set(core.recipient_count() as f64);
         metrics::gauge!("rqmgr_active_message_limit").set(s.active_limit as f64);
         metrics::gauge!("rqmgr_active_recipient_limit").set(s.recipient_limit as f64);
-        let summary = core.summary();
+        let summary = core.summary(std::time::Instant::now());
         let mut busiest = Vec::new();
-        for t in &summary {
+        for t in &summary.transports {
             let g = self
                 .transport_gauges
                 .entry(t.name.clone())
@@ -320,7 +321,7 @@ impl Metrics {
             let dead = t.queues.iter().filter(|q| q.window == 0).count();
             g[0].set(todo as f64);
             g[1].set(busy as f64);
-            g[2].set(if t.dead { 1.0 } else { 0.0 });
+            g[2].set(if t.dead.is_some() { 1.0 } else { 0.0 });
             g[3].set(t.queues.len() as f64);
             g[4].set(dead as f64);
             if self.destinations > 0 {

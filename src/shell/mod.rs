@@ -11,7 +11,9 @@
 //! - [`complete`]: the file operations and notices of completion
 //!   (`qmgr_active_done*`, `abounce.c`), and recipients qmgr defers or
 //!   discards itself (`qmgr_defer_recipient`, `sent`);
-//! - [`logging`]: events as log lines.
+//! - [`logging`]: events as log lines;
+//! - `status`: the status socket, answering `rqmgr status` and `rqmgr
+//!   explain` from the core's snapshot.
 //!
 //! Tasks (agent sessions, notices) run on the same thread and report back
 //! through one channel ([`Report`]).
@@ -21,6 +23,7 @@ mod complete;
 mod feed;
 pub mod logging;
 pub mod metrics;
+mod status;
 
 use crate::config::{DomainList, MainCf, Params, TransportTable};
 use crate::ipc::bounce::Services;
@@ -71,6 +74,11 @@ enum Report {
     },
     /// A completion notice (bounce, defer, trace) ended; `ok`: status 0.
     Notified { msg: MessageId, ok: bool },
+    /// A status client asks; the answer goes back on `reply`.
+    Query {
+        request: crate::status::Request,
+        reply: tokio::sync::oneshot::Sender<crate::status::Answer>,
+    },
 }
 
 /// What an agent session is given to deliver (`qmgr_deliver`).
@@ -95,14 +103,59 @@ struct InCore {
 struct Scans {
     incoming: Scanner,
     deferred: DeferredScanner,
+    /// What the runs of each queue found (incoming, deferred), for status.
+    tally: [Tally; 2],
+}
+
+/// Files a queue's runs handed out: in the run under way, and in the last
+/// one that ended (with when it ended, seconds).
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    found: u64,
+    last: Option<(u64, i64)>,
+}
+
+fn tally_index(q: ScanQueue) -> usize {
+    match q {
+        ScanQueue::Incoming => 0,
+        ScanQueue::Deferred => 1,
+    }
 }
 
 impl Scans {
     /// The next name of queue `q`'s scan.
     fn next_id(&mut self, q: ScanQueue) -> Next {
-        match q {
+        let was = self.in_progress(q);
+        let next = match q {
             ScanQueue::Incoming => self.incoming.next_id().map_or(Next::Done, Next::Id),
             ScanQueue::Deferred => self.deferred.next_id(crate::now_secs()),
+        };
+        let t = &mut self.tally[tally_index(q)];
+        match next {
+            Next::Id(_) => t.found += 1,
+            Next::Done if was => {
+                t.last = Some((t.found, crate::now_secs()));
+                t.found = 0;
+            }
+            _ => {}
+        }
+        next
+    }
+
+    fn in_progress(&self, q: ScanQueue) -> bool {
+        match q {
+            ScanQueue::Incoming => self.incoming.in_progress(),
+            ScanQueue::Deferred => self.deferred.in_progress(),
+        }
+    }
+
+    /// What `rqmgr status` shows of queue `q`'s scans.
+    fn view(&self, q: ScanQueue) -> crate::status::ScanView {
+        let t = self.tally[tally_index(q)];
+        crate::status::ScanView {
+            in_progress: self.in_progress(q),
+            last_found: t.last.map(|l| l.0),
+            last_ended: t.last.map(|l| l.1),
         }
     }
 
@@ -157,6 +210,7 @@ impl Daemon {
             scans: Scans {
                 incoming: Scanner::new(spool::INCOMING),
                 deferred: DeferredScanner::new(spool::DEFERRED),
+                tally: [Tally::default(); 2],
             },
             feed_order: FeedOrder::default(),
             resolver: Resolver::new(
@@ -252,6 +306,7 @@ impl Daemon {
             .and_then(|fd| unsafe {
                 AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok()
             });
+        status::spawn(self.reports_tx.clone());
         loop {
             watchdog.pet();
             while let Ok(r) = self.reports_rx.try_recv() {
@@ -400,6 +455,9 @@ impl Daemon {
             Report::Notified { msg, ok } => {
                 self.core
                     .complete(msg, crate::qmgr::Fact::Notified(ok), crate::now_secs());
+            }
+            Report::Query { request, reply } => {
+                let _ = reply.send(self.answer(&request));
             }
         }
         self.log_events();

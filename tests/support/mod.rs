@@ -668,6 +668,16 @@ impl Instance {
         self.run_ok(POSTSUPER, &all)
     }
 
+    /// `<the qmgr program> <command> -c ROOT/etc <args>` (not checked):
+    /// rqmgr's `status` and `explain` commands.
+    pub fn rqmgr_command(&self, command: &str, args: &[&str]) -> sys::RunOutput {
+        let c = self.config_dir();
+        let program = self.opts.qmgr.path();
+        let mut all = vec![command, "-c", c.as_str()];
+        all.extend_from_slice(args);
+        self.run(&program.to_string_lossy(), &all)
+    }
+
     /// `postkick -c ROOT/etc public qmgr <request>` (request e.g. "I", "A", "F", "W").
     ///
     /// Over a socket, postkick writes the request and then a NUL byte; a
@@ -1240,7 +1250,9 @@ pub fn distinct_ids<F: Fn(&LogLine) -> bool>(lines: &[LogLine], pred: F) -> BTre
 
 /// Expands to one `#[test]` per queue manager for each named test body
 /// `fn name(qmgr: Qmgr)`: `rqmgr::name`, `postfix_qmgr::name`,
-/// `postfix_oqmgr::name`. Use with `#[macro_use] mod support;`.
+/// `postfix_oqmgr::name`. Use with `#[macro_use] mod support;` (rqmgr-only
+/// tests, such as tests/dropin_status.rs, do without it).
+#[allow(unused_macros)]
 macro_rules! dropin_tests {
     ($($name:ident),* $(,)?) => {
         mod rqmgr {
