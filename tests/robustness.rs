@@ -728,7 +728,7 @@ proptest! {
                 prop_assert_eq!(list, read);
                 prop_assert_eq!(&rest[..], &input[used..]);
             }
-            (None, Err(AttrError::Eof)) => prop_assert!(!fail_at_end),
+            (None, Err(AttrError::Eof { .. } | AttrError::Closed)) => prop_assert!(!fail_at_end),
             (None, Err(AttrError::Io(_))) => prop_assert!(fail_at_end),
             (p, g) => prop_assert!(false, "parse {:?} but read {:?}", p, g),
         }

@@ -102,15 +102,31 @@ impl Peer {
         })
     }
 
-    /// Writes `bytes` within `timeout`.
+    /// Writes `bytes`, each write limited to `timeout`, as Postfix's
+    /// stream timeouts limit each write(2) (`util/vstream.c`,
+    /// `util/timed_write.c`; qmgr sets them to `qmgr_ipc_timeout`): a peer
+    /// that reads slowly is waited for, one that stops reading for
+    /// `timeout` fails the write.
     ///
-    /// Errors: the write error, or `TimedOut`.
+    /// Errors: the write error, or ETIMEDOUT ("Connection timed out").
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-        match tokio::time::timeout(timeout, self.reader.get_mut().write_all(bytes)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        let stream = self.reader.get_mut();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match tokio::time::timeout(timeout, stream.write(rest)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timed_out()),
+            }
         }
+        Ok(())
     }
+}
+
+/// ETIMEDOUT, which Postfix's `%m` shows as "Connection timed out".
+pub fn timed_out() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::ETIMEDOUT)
 }
 
 /// A non-blocking connect to a local socket: done at once, or
@@ -249,16 +265,17 @@ pub async fn command(
     attr::parse_int("status", v[0]).map_err(read)
 }
 
-/// Runs `fut` with a time limit; a timeout becomes an I/O `TimedOut` error.
+/// Runs `fut` with a time limit; a timeout becomes an ETIMEDOUT I/O error.
 ///
-/// Errors: the future's own error, or [`attr::AttrError::Io`] with `TimedOut`.
+/// Errors: the future's own error, or [`attr::AttrError::Io`] with
+/// ETIMEDOUT.
 pub async fn with_timeout<T>(
     timeout: Duration,
     fut: impl std::future::Future<Output = Result<T, attr::AttrError>>,
 ) -> Result<T, attr::AttrError> {
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(attr::AttrError::Io(std::io::ErrorKind::TimedOut.into())),
+        Err(_) => Err(attr::AttrError::Io(timed_out())),
     }
 }
 

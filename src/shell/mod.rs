@@ -54,7 +54,7 @@ enum Report {
     /// An agent announced itself and waits for a request.
     AgentReady {
         transport: String,
-        reply: tokio::sync::oneshot::Sender<Option<(crate::qmgr::EntryId, Vec<u8>)>>,
+        reply: tokio::sync::oneshot::Sender<Option<agent::Assignment>>,
     },
     /// Connecting to an agent failed (already logged).
     AgentFailed { transport: String },
