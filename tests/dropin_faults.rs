@@ -23,6 +23,9 @@ dropin_tests!(
     agent_that_stalls_mid_reply,
     agent_that_answers_garbage,
     agent_that_answers_slowly,
+    trivial_rewrite_down,
+    trivial_rewrite_answers_garbage,
+    trivial_rewrite_answers_slowly,
 );
 
 /// Seconds the slow sink waits before it answers DATA.
@@ -459,4 +462,105 @@ fn agent_that_answers_slowly(q: Qmgr) {
     inst.check(warnings.is_empty(), &format!("no warning: {warnings:?}"));
     inst.check(fake.requests().len() == 1, "one request");
     inst.wait_queue_empty();
+}
+
+// ---- trivial-rewrite -------------------------------------------------------
+
+/// trivial-rewrite is down (qmgr's rewrite_service_name names a socket
+/// that does not exist): the queue manager says so in Postfix's words
+/// (`connect #N to subsystem private/rwdown: No such file or directory`,
+/// every 10 s) and the mail waits; once the service is back (a symlink to
+/// the real one), the message is delivered.
+fn trivial_rewrite_down(q: Qmgr) {
+    let inst = Instance::start(
+        Opts::new("rwdown", q)
+            .qmgr_args(&["-o", "rewrite_service_name=rwdown"])
+            .timeout(Duration::from_secs(60)),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("rwdown");
+    let id = inst.sendmail(&from, &["d@discard.example"], "rwdown", &token);
+    let first = "connect #1 to subsystem private/rwdown: No such file or directory";
+    inst.wait_for_line("the first failed connect", |l| {
+        l.is_from("qmgr") && l.text.strip_prefix("warning: ") == Some(first)
+    });
+    still_queued(&inst, &id);
+    std::os::unix::fs::symlink("rewrite", inst.spool().join("private/rwdown"))
+        .expect("symlink private/rwdown");
+    inst.wait_removed(&id);
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let expected: Vec<String> = (1..=warnings.len())
+        .map(|n| format!("connect #{n} to subsystem private/rwdown: No such file or directory"))
+        .collect();
+    inst.check(
+        warnings == expected,
+        &format!("only the numbered connect warnings: {warnings:?}"),
+    );
+}
+
+/// A trivial-rewrite served by the test (resolving everything to
+/// `discard`), as qmgr's rewrite_service_name `fakerw`.
+fn fake_rewrite(inst: &Instance, garbage_replies: usize, slow: usize) -> support::fake::FakePeer {
+    inst.fake_peer(
+        "fakerw",
+        Behaviour::Rewrite {
+            garbage_replies,
+            garbage: b"garbage\0x\0\0".to_vec(),
+            slow,
+            delay: Duration::from_secs(2 * IPC),
+        },
+    )
+}
+
+fn rewrite_opts(name: &str, q: &Qmgr) -> Opts {
+    Opts::new(name, q.clone())
+        .qmgr_args(&["-o", "rewrite_service_name=fakerw"])
+        .main_cf("qmgr_ipc_timeout", &format!("{IPC}s"))
+        .timeout(Duration::from_secs(60))
+}
+
+/// trivial-rewrite answers garbage twice: attr_scan0's warning each time,
+/// `problem talking to service` for the second failure in a row (the
+/// first could be a stale connection), a retry a second later, then the
+/// message is resolved and delivered.
+fn trivial_rewrite_answers_garbage(q: Qmgr) {
+    let inst = Instance::start(rewrite_opts("rwgarbage", &q));
+    let fake = fake_rewrite(&inst, 2, 0);
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("rwgarbage");
+    let id = inst.sendmail(&from, &["g@elsewhere.example"], "rwgarbage", &token);
+    inst.wait_removed(&id);
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let bad = "unexpected attribute garbage from private/fakerw socket (expecting: flags)";
+    inst.check(
+        warnings
+            == [
+                bad.to_string(),
+                bad.to_string(),
+                // The second failure in a row is reported, with Postfix's
+                // %m for "no error number".
+                "problem talking to service fakerw: Application error".to_string(),
+            ],
+        &format!("Postfix's warnings: {warnings:?}"),
+    );
+    inst.check(fake.requests().len() >= 3, "three requests");
+}
+
+/// trivial-rewrite answers the first request after more than
+/// qmgr_ipc_timeout: the read times out before the first byte (no
+/// attr_scan0 warning, but a timeout is always reported), the request is
+/// retried, the message delivered.
+fn trivial_rewrite_answers_slowly(q: Qmgr) {
+    let inst = Instance::start(rewrite_opts("rwslow", &q));
+    let fake = fake_rewrite(&inst, 0, 1);
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("rwslow");
+    let id = inst.sendmail(&from, &["s@elsewhere.example"], "rwslow", &token);
+    inst.wait_removed(&id);
+    let warnings = qmgr_warnings(&inst.log_lines());
+    inst.check(
+        warnings == ["problem talking to service fakerw: Connection timed out"],
+        &format!("Postfix's warnings: {warnings:?}"),
+    );
+    inst.check(fake.requests().len() >= 2, "two requests");
 }

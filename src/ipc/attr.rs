@@ -114,6 +114,11 @@ pub enum AttrError {
     /// start.
     #[error("premature end-of-input")]
     Eof { value: bool, partial: bool },
+    /// No byte came within the per-read time limit before the list
+    /// started (attr_scan0 returns quietly; Postfix's `%m` then says
+    /// "Connection timed out").
+    #[error("timeout")]
+    NoReply,
     /// No byte came within the per-read time limit inside the list
     /// ([`AttrList::read_with`]); `value` and `partial` as for `Eof`.
     #[error("timeout")]
@@ -155,7 +160,7 @@ impl AttrError {
             }
         };
         Some(match self {
-            AttrError::Closed => return None,
+            AttrError::Closed | AttrError::NoReply => return None,
             AttrError::Eof { value, partial } | AttrError::Timeout { value, partial }
                 if *partial =>
             {
@@ -244,7 +249,8 @@ impl AttrList {
     /// `global/timed_ipc.c` sets to `ipc_timeout`): a peer that goes quiet
     /// for that long fails the read, one that trickles does not.
     ///
-    /// Errors: as [`AttrList::read`], and [`AttrError::Timeout`].
+    /// Errors: as [`AttrList::read`], [`AttrError::NoReply`] and
+    /// [`AttrError::Timeout`].
     pub async fn read_with<R: AsyncBufRead + Unpin>(
         reader: &mut R,
         per_read: Option<std::time::Duration>,
@@ -254,6 +260,9 @@ impl AttrList {
             let name = match read_token(reader, per_read, false).await {
                 Err(AttrError::Eof { partial: false, .. }) if pairs.is_empty() => {
                     return Err(AttrError::Closed)
+                }
+                Err(AttrError::Timeout { partial: false, .. }) if pairs.is_empty() => {
+                    return Err(AttrError::NoReply)
                 }
                 r => r?,
             };

@@ -43,7 +43,21 @@ pub enum Behaviour {
         reply: Vec<u8>,
         close: bool,
     },
+    /// A trivial-rewrite that resolves every address to transport
+    /// `discard` (nexthop `fake-rewrite`) and rewrites nothing, on a
+    /// persistent connection. The first `garbage` requests (counted over
+    /// all connections) get `garbage` instead of an answer; the next
+    /// `slow` requests are answered after `delay`.
+    Rewrite {
+        garbage_replies: usize,
+        garbage: Vec<u8>,
+        slow: usize,
+        delay: Duration,
+    },
 }
+
+/// trivial-rewrite's announcement (`MAIL_ATTR_PROTO_TRIVIAL`).
+pub const REWRITE_HELLO: &[u8] = b"protocol\0trivial_rewrite_protocol\0\0";
 
 impl Behaviour {
     /// A delivery agent that answers `reply` at once and hangs up.
@@ -64,6 +78,12 @@ pub struct FakePeer {
     accepted: Arc<AtomicUsize>,
     requests: Arc<Mutex<Vec<Vec<u8>>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the connections of one fake share.
+struct Shared {
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl FakePeer {
@@ -92,11 +112,12 @@ impl FakePeer {
                     match listener.accept() {
                         Ok((conn, _)) => {
                             accepted.fetch_add(1, Ordering::SeqCst);
-                            let (stop, requests, b) =
-                                (stop.clone(), requests.clone(), behaviour.clone());
-                            workers.push(std::thread::spawn(move || {
-                                serve_one(conn, &b, &stop, &requests)
-                            }));
+                            let shared = Shared {
+                                stop: stop.clone(),
+                                requests: requests.clone(),
+                            };
+                            let b = behaviour.clone();
+                            workers.push(std::thread::spawn(move || serve_one(conn, &b, &shared)));
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
@@ -161,12 +182,9 @@ fn hold(conn: &mut UnixStream, stop: &AtomicBool, read: bool) {
     }
 }
 
-fn serve_one(
-    mut conn: UnixStream,
-    b: &Behaviour,
-    stop: &AtomicBool,
-    requests: &Mutex<Vec<Vec<u8>>>,
-) {
+fn serve_one(mut conn: UnixStream, b: &Behaviour, shared: &Shared) {
+    let stop = &*shared.stop;
+    let requests = &*shared.requests;
     let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
     match b {
         Behaviour::HangUp => {}
@@ -197,6 +215,106 @@ fn serve_one(
             if !*close {
                 hold(&mut conn, stop, true);
             }
+        }
+        Behaviour::Rewrite {
+            garbage_replies,
+            garbage,
+            slow,
+            delay,
+        } => {
+            if conn.write_all(REWRITE_HELLO).is_err() {
+                return;
+            }
+            let mut pending = Vec::new();
+            loop {
+                let Some(list) = read_list(&mut conn, &mut pending, stop) else {
+                    return;
+                };
+                let n = {
+                    let mut r = requests.lock().expect("requests");
+                    r.push(list.concat());
+                    r.len()
+                };
+                if n <= *garbage_replies {
+                    if conn.write_all(garbage).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if n <= garbage_replies + slow {
+                    let mut waited = Duration::ZERO;
+                    while waited < *delay && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        waited += Duration::from_millis(50);
+                    }
+                }
+                if conn.write_all(&rewrite_answer(&list)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// trivial-rewrite's answer to one request (a list of name, value, ...).
+fn rewrite_answer(list: &[Vec<u8>]) -> Vec<u8> {
+    let get = |name: &[u8]| {
+        list.chunks(2)
+            .find(|kv| kv[0] == name)
+            .and_then(|kv| kv.get(1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let address = get(b"address");
+    let mut out = Vec::new();
+    let mut put = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    };
+    if get(b"request") == b"rewrite" {
+        put(b"flags", b"0");
+        put(b"address", &address);
+    } else {
+        put(b"flags", b"0");
+        put(b"transport", b"discard");
+        put(b"nexthop", b"fake-rewrite");
+        put(b"recipient", &address);
+        put(b"flags", b"0");
+    }
+    out.push(0);
+    out
+}
+
+/// Reads one attribute list (its names and values in order, without the
+/// NULs); `pending` keeps bytes read past it. None at the end or stop.
+fn read_list(
+    conn: &mut UnixStream,
+    pending: &mut Vec<u8>,
+    stop: &AtomicBool,
+) -> Option<Vec<Vec<u8>>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut tokens = Vec::new();
+        let mut pos = 0;
+        while let Some(nul) = pending[pos..].iter().position(|&c| c == 0) {
+            let token = pending[pos..pos + nul].to_vec();
+            pos += nul + 1;
+            if token.is_empty() && tokens.len() % 2 == 0 {
+                pending.drain(..pos);
+                return Some(tokens);
+            }
+            tokens.push(token);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return None,
         }
     }
 }
