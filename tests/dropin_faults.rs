@@ -26,6 +26,9 @@ dropin_tests!(
     trivial_rewrite_down,
     trivial_rewrite_answers_garbage,
     trivial_rewrite_answers_slowly,
+    bounce_service_down,
+    defer_service_down,
+    trace_service_down,
 );
 
 /// Seconds the slow sink waits before it answers DATA.
@@ -563,4 +566,75 @@ fn trivial_rewrite_answers_slowly(q: Qmgr) {
         &format!("Postfix's warnings: {warnings:?}"),
     );
     inst.check(fake.requests().len() >= 2, "two requests");
+}
+
+// ---- bounce, defer, trace ----------------------------------------------------
+
+/// An instance whose queue manager (only) talks to a `service` that does
+/// not exist, as its `param` (e.g. bounce_service_name): the agents still
+/// use the real one.
+fn service_down_opts(name: &str, q: &Qmgr, param: &str) -> Opts {
+    Opts::new(name, q.clone())
+        .qmgr_args(&["-o", &format!("{param}=gone")])
+        .timeout(Duration::from_secs(60))
+}
+
+/// Checks what an admin sees when qmgr's `what` request failed: Postfix's
+/// `ID: status=deferred (WHAT failed)`, the message kept in deferred, and
+/// other mail still delivered.
+fn check_notice_failed(inst: &Instance, id: &str, what: &str) {
+    let want = format!("status=deferred ({what} failed)");
+    inst.wait_for_line(&format!("qmgr to log `{id}: {want}`"), |l| {
+        l.is_from("qmgr") && l.queue_id() == Some(id) && l.body() == want
+    });
+    inst.wait_until(&format!("{id} in the deferred queue"), || {
+        inst.queue_ids("deferred").iter().any(|i| i == id)
+    });
+    inst.check(
+        !inst.lines_for(id).iter().any(|l| l.is_removed()),
+        "the message was not removed",
+    );
+    others_keep_delivering(inst);
+    still_queued(inst, id);
+}
+
+/// The bounce service is down for qmgr when a message has bounced: the
+/// non-delivery notice cannot be sent, so the message is deferred (its
+/// bounce log kept) instead of removed.
+fn bounce_service_down(q: Qmgr) {
+    let inst = Instance::start(service_down_opts("bouncedown", &q, "bounce_service_name"));
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("bouncedown");
+    let id = inst.sendmail(&from, &["x@error.example"], "bouncedown", &token);
+    check_notice_failed(&inst, &id, "bounce");
+    inst.check(
+        inst.queue_ids("bounce").iter().any(|i| i == &id),
+        "the bounce log is kept",
+    );
+}
+
+/// The defer service is down for qmgr when a deferred message expires
+/// (maximal_queue_lifetime = 0): the notice cannot be sent, the message
+/// stays deferred.
+fn defer_service_down(q: Qmgr) {
+    let inst = Instance::start(
+        service_down_opts("deferdown", &q, "defer_service_name")
+            .main_cf("maximal_queue_lifetime", "0"),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("deferdown");
+    let id = inst.sendmail(&from, &["x@closed.example"], "deferdown", &token);
+    check_notice_failed(&inst, &id, "bounce");
+}
+
+/// The trace service is down for qmgr when a message asked for a delivery
+/// report (sendmail -v): the report cannot be sent, the message is
+/// deferred although its recipient was delivered.
+fn trace_service_down(q: Qmgr) {
+    let inst = Instance::start(service_down_opts("tracedown", &q, "trace_service_name"));
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("tracedown");
+    let text = inst.message_text(&from, &["d@discard.example"], "tracedown", &token);
+    let id = inst.sendmail_with(&["-v"], &from, &["d@discard.example"], &text, &token);
+    check_notice_failed(&inst, &id, "trace");
 }
