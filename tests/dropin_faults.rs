@@ -29,6 +29,7 @@ dropin_tests!(
     bounce_service_down,
     defer_service_down,
     trace_service_down,
+    memory_bounded_with_2000_stuck_messages,
 );
 
 /// Seconds the slow sink waits before it answers DATA.
@@ -637,4 +638,67 @@ fn trace_service_down(q: Qmgr) {
     let text = inst.message_text(&from, &["d@discard.example"], "tracedown", &token);
     let id = inst.sendmail_with(&["-v"], &from, &["d@discard.example"], &text, &token);
     check_notice_failed(&inst, &id, "trace");
+}
+
+// ---- memory ------------------------------------------------------------------
+
+/// Peak resident memory (VmHWM) of a process, KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Most peak memory the queue manager may use for 2000 stuck messages,
+/// KiB. Measured on 2026-12-02: rqmgr 10.5 MiB, Postfix's qmgr 11.0 MiB,
+/// oqmgr 9.5 MiB.
+const STUCK_MEMORY_LIMIT_KIB: u64 = 32 * 1024;
+
+/// 2000 messages stuck behind an agent that takes requests and never
+/// answers: they all wait in the active queue, the queue manager's peak
+/// memory stays under STUCK_MEMORY_LIMIT_KIB, other mail is still
+/// delivered, and nothing is lost.
+fn memory_bounded_with_2000_stuck_messages(q: Qmgr) {
+    const N: usize = 2000;
+    let inst = Instance::start(fake_opts("fakestuck", &q).timeout(Duration::from_secs(300)));
+    let fake = inst.fake_peer(
+        "fake",
+        Behaviour::Reply {
+            hello: DELIVER_HELLO.to_vec(),
+            delay: Duration::ZERO,
+            reply: Vec::new(),
+            close: false,
+        },
+    );
+    let from = inst.local_addr("sender");
+    let n = N.to_string();
+    inst.smtp_source(&["-s", "5", "-m", &n, "-f", &from, "-t", "s@fake.example"]);
+    inst.wait_progress(&format!("{N} messages in active"), || {
+        let active = inst.queue_ids("active").len();
+        let incoming = inst.queue_ids("incoming").len();
+        (active >= N && incoming == 0)
+            .then_some(())
+            .ok_or(format!("{active} in active, {incoming} in incoming"))
+    });
+    others_keep_delivering(&inst);
+    let pid = sys::instance_processes(&inst.etc())
+        .into_iter()
+        .find(|p| p.cmdline.split(' ').next() == Some("qmgr"))
+        .map(|p| p.pid);
+    let peak = pid.and_then(peak_rss_kib);
+    eprintln!(
+        "{}: qmgr peak memory with {N} stuck messages: {peak:?} KiB",
+        q.tag()
+    );
+    inst.check(
+        peak.is_some_and(|k| k < STUCK_MEMORY_LIMIT_KIB),
+        &format!("qmgr's peak memory {peak:?} KiB < {STUCK_MEMORY_LIMIT_KIB} KiB"),
+    );
+    inst.check(
+        !fake.requests().is_empty(),
+        "deliveries are stuck at the fake",
+    );
+    let listing = inst.queue_listing();
+    let queued: usize = listing.values().map(Vec::len).sum();
+    inst.check(queued == N, &format!("{N} messages queued: {queued}"));
 }
