@@ -595,6 +595,11 @@ fn check_notice_failed(inst: &Instance, id: &str, what: &str) {
         !inst.lines_for(id).iter().any(|l| l.is_removed()),
         "the message was not removed",
     );
+    let warnings = qmgr_warnings(&inst.log_lines());
+    inst.check(
+        warnings.is_empty(),
+        &format!("no warning (Postfix's abounce gives none): {warnings:?}"),
+    );
     others_keep_delivering(inst);
     still_queued(inst, id);
 }
@@ -620,7 +625,8 @@ fn bounce_service_down(q: Qmgr) {
 fn defer_service_down(q: Qmgr) {
     let inst = Instance::start(
         service_down_opts("deferdown", &q, "defer_service_name")
-            .main_cf("maximal_queue_lifetime", "0"),
+            .main_cf("maximal_queue_lifetime", "0")
+            .main_cf("bounce_queue_lifetime", "0"),
     );
     let from = inst.local_addr("sender");
     let token = inst.unique_token("deferdown");
