@@ -238,6 +238,20 @@ fn agent_that_hangs_up_before_the_first_byte(q: Qmgr) {
         &format!("one warning, the failed write: {warnings:?}"),
     );
     inst.check(fake.connections() >= 1, "the fake was connected to");
+    // The transport is throttled (transport_retry_time, 60 s): the next
+    // message is deferred the same way without a new connection.
+    let before = fake.connections();
+    let next = send_to_fake(&inst, &["g@fake.example"]);
+    let deferred = wait_deferred(&inst, &next);
+    check_deferred_with(&inst, &next, &deferred, 1, "mail transport unavailable");
+    inst.check(
+        fake.connections() == before,
+        &format!(
+            "no new connection to a throttled transport: {} then {}",
+            before,
+            fake.connections()
+        ),
+    );
     others_keep_delivering(&inst);
     still_queued(&inst, &id);
 }
@@ -435,13 +449,17 @@ fn agent_that_stalls_mid_reply(q: Qmgr) {
 /// An agent that answers with an attribute list of another protocol.
 fn agent_that_answers_garbage(q: Qmgr) {
     let inst = Instance::start(fake_opts("fakegarbage", &q));
-    let _fake = inst.fake_peer("fake", Behaviour::agent_reply(b"garbage\0x\0\0"));
+    let fake = inst.fake_peer("fake", Behaviour::agent_reply(b"garbage\0x\0\0"));
     let id = send_to_fake(&inst, &["f@fake.example"]);
-    check_malformed(
-        &q,
-        &inst,
-        &id,
-        "unexpected attribute garbage from private/fake socket (expecting: status)",
+    let bad = "unexpected attribute garbage from private/fake socket (expecting: status)";
+    check_malformed(&q, &inst, &id, bad);
+    // Neither the transport nor the destination is throttled for it: the
+    // next message goes to a new agent connection at once.
+    let next = send_to_fake(&inst, &["g@fake.example"]);
+    wait_deferred(&inst, &next);
+    inst.check(
+        fake.requests().len() == 2,
+        "a second request, to a new agent",
     );
     others_keep_delivering(&inst);
     still_queued(&inst, &id);
