@@ -24,6 +24,7 @@ dropin_tests!(
     agent_that_answers_garbage,
     agent_that_answers_slowly,
     trivial_rewrite_down,
+    trivial_rewrite_down_longer_than_the_watchdog,
     trivial_rewrite_answers_garbage,
     trivial_rewrite_answers_slowly,
     bounce_service_down,
@@ -518,6 +519,54 @@ fn trivial_rewrite_down(q: Qmgr) {
         warnings == expected,
         &format!("only the numbered connect warnings: {warnings:?}"),
     );
+}
+
+/// trivial-rewrite stays down longer than qmgr_daemon_timeout (3 s here,
+/// against 10 s between connects): Postfix's qmgr blocks in
+/// mail_connect_wait (the watchdog's alarms cut its sleeps short) and its
+/// watchdog ends it (`fatal: watchdog timeout`; master starts another at
+/// the next trigger, here `postqueue -f`). rqmgr keeps trying, 10 s
+/// apart, and stays up: no refused connection is fatal to it. Either way
+/// the message waits and is delivered once the service is back.
+fn trivial_rewrite_down_longer_than_the_watchdog(q: Qmgr) {
+    let rqmgr = q == Qmgr::Rqmgr;
+    let inst = Instance::start(
+        Opts::new("rwwatchdog", q)
+            .qmgr_args(&[
+                "-o",
+                "rewrite_service_name=rwdown",
+                "-o",
+                "qmgr_daemon_timeout=3s",
+            ])
+            .main_cf("service_throttle_time", "1s")
+            .fail_fast(rqmgr)
+            .timeout(Duration::from_secs(60)),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("rwwatchdog");
+    let id = inst.sendmail(&from, &["d@discard.example"], "rwwatchdog", &token);
+    if rqmgr {
+        let second = "connect #2 to subsystem private/rwdown: No such file or directory";
+        inst.wait_for_line("the second failed connect, 10 s after the first", |l| {
+            l.is_from("qmgr") && l.text.strip_prefix("warning: ") == Some(second)
+        });
+        let lines = inst.log_lines();
+        inst.check(
+            !lines
+                .iter()
+                .any(|l| l.is_from("qmgr") && l.text.starts_with("fatal:")),
+            "rqmgr did not end",
+        );
+    } else {
+        inst.wait_for_line("Postfix's watchdog", |l| {
+            l.is_from("qmgr") && l.text == "fatal: watchdog timeout"
+        });
+    }
+    still_queued(&inst, &id);
+    std::os::unix::fs::symlink("rewrite", inst.spool().join("private/rwdown"))
+        .expect("symlink private/rwdown");
+    inst.postqueue_f();
+    inst.wait_removed(&id);
 }
 
 /// A trivial-rewrite served by the test (resolving everything to

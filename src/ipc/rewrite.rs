@@ -60,6 +60,9 @@ pub struct Resolver {
     conn: Option<Conn>,
     cache: HashMap<CacheKey, (Resolved, Instant)>,
     failures: u32,
+    /// Petted while a failure is retried: waiting for trivial-rewrite is
+    /// not a hung loop (Postfix's qmgr ends there; rqmgr keeps trying).
+    watchdog: Option<crate::master::Watchdog>,
 }
 
 struct Conn {
@@ -80,6 +83,29 @@ impl Resolver {
             conn: None,
             cache: HashMap::new(),
             failures: 0,
+            watchdog: None,
+        }
+    }
+
+    /// The watchdog to pet while a failure is retried.
+    pub fn set_watchdog(&mut self, watchdog: crate::master::Watchdog) {
+        self.watchdog = Some(watchdog);
+    }
+
+    /// Waits `pause` before a retry, petting the watchdog every 250 ms.
+    async fn pause(&self, pause: Duration) {
+        let step = Duration::from_millis(250);
+        let mut left = pause;
+        loop {
+            if let Some(w) = &self.watchdog {
+                w.pet();
+            }
+            if left.is_zero() {
+                return;
+            }
+            let now = left.min(step);
+            tokio::time::sleep(now).await;
+            left -= now;
         }
     }
 
@@ -129,7 +155,7 @@ impl Resolver {
                             self.service,
                             crate::log::errno_text(&e)
                         );
-                        tokio::time::sleep(CONNECT_RETRY).await;
+                        self.pause(CONNECT_RETRY).await;
                     }
                 }
             };
@@ -231,7 +257,7 @@ impl Resolver {
                 },
                 Err(why) => self.failed(&why),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.pause(Duration::from_secs(1)).await;
         }
     }
 
@@ -284,7 +310,7 @@ impl Resolver {
                 },
                 Err(why) => self.failed(&why),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.pause(Duration::from_secs(1)).await;
         }
     }
 }

@@ -215,6 +215,7 @@ impl Daemon {
             self.params.queue_run_delay.max(1) as u64,
         ));
         deferred_timer.tick().await; // the first tick is immediate; startup already requested a scan
+        self.resolver.set_watchdog(watchdog.clone());
         let heartbeat = Duration::from_secs((self.params.qmgr_daemon_timeout as u64 / 3).max(1));
         let inotify = self
             .scans
