@@ -224,8 +224,9 @@ impl ServiceError {
 
 /// One request to a Postfix service (`mail_command_client`): connect to
 /// `class/service`, read its `protocol` announcement, send `request` (one
-/// encoded attribute list), read the `status` reply. Each step is limited
-/// by `timeout`.
+/// encoded attribute list), read the `status` reply. Each read and each
+/// write is limited by `timeout`, as the stream timeouts that
+/// `global/timed_ipc.c` sets (`global/mail_command_client.c`).
 ///
 /// Errors: [`ServiceError`] for a failed connect, write or read (protocol
 /// or timeout).
@@ -248,7 +249,7 @@ pub async fn command(
             service: service.to_string(),
             text: crate::log::errno_text(&e),
         })?;
-    with_timeout(timeout, attr::read_announcement(&mut peer.reader, protocol))
+    attr::read_announcement_with(&mut peer.reader, protocol, Some(timeout))
         .await
         .map_err(read)?;
     peer.send(request, timeout)
@@ -258,25 +259,11 @@ pub async fn command(
             service: service.to_string(),
             text: crate::log::errno_text(&e),
         })?;
-    let reply = with_timeout(timeout, attr::AttrList::read(&mut peer.reader))
+    let reply = attr::AttrList::read_with(&mut peer.reader, Some(timeout))
         .await
         .map_err(read)?;
     let v = reply.expect(&["status"]).map_err(read)?;
     attr::parse_int("status", v[0]).map_err(read)
-}
-
-/// Runs `fut` with a time limit; a timeout becomes an ETIMEDOUT I/O error.
-///
-/// Errors: the future's own error, or [`attr::AttrError::Io`] with
-/// ETIMEDOUT.
-pub async fn with_timeout<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, attr::AttrError>>,
-) -> Result<T, attr::AttrError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(attr::AttrError::Io(timed_out())),
-    }
 }
 
 #[cfg(test)]
