@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(list, got);
             assert_eq!(&rest[..], &input[used..]);
         }
-        (Ok(None), Err(AttrError::Eof)) => {}
+        (Ok(None), Err(AttrError::Eof { .. } | AttrError::Closed)) => {}
         (Err(AttrError::TooLarge), Err(AttrError::TooLarge)) => {}
         (_, Err(AttrError::TooLarge)) if input.len() > MAX_TOKEN => {}
         (p, r) => panic!("parse gave {p:?}, read gave {r:?}"),

@@ -110,10 +110,25 @@ impl AttrWriter {
 /// Why an attribute list could not be read or was not what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum AttrError {
-    /// The peer closed the connection before the list ended.
+    /// The peer closed the connection before the first byte of the list
+    /// (Postfix's `attr_scan0` then returns quietly, having read nothing).
     #[error("premature end-of-input")]
-    Eof,
-    /// A read error (including a timeout).
+    Closed,
+    /// The peer closed the connection inside the list: while reading a
+    /// value (`value`) or a name, after part of it (`partial`) or at its
+    /// start.
+    #[error("premature end-of-input")]
+    Eof { value: bool, partial: bool },
+    /// No byte came within the per-read time limit before the list
+    /// started (attr_scan0 returns quietly; Postfix's `%m` then says
+    /// "Connection timed out").
+    #[error("timeout")]
+    NoReply,
+    /// No byte came within the per-read time limit inside the list
+    /// ([`AttrList::read_with`]); `value` and `partial` as for `Eof`.
+    #[error("timeout")]
+    Timeout { value: bool, partial: bool },
+    /// A read error (including a timeout of the whole read).
     #[error("read error: {}", crate::log::errno_text(.0))]
     Io(#[from] std::io::Error),
     /// A name or value longer than [`MAX_TOKEN`], or more than [`MAX_ATTRS`].
@@ -135,6 +150,59 @@ pub enum AttrError {
         got: String,
         want: String,
     },
+}
+
+impl AttrError {
+    /// The warning Postfix's `attr_scan0` logs for this error, for the
+    /// stream `path` (e.g. `private/smtp socket`), or None where it logs
+    /// nothing (a peer that closed before the first byte).
+    pub fn warning(&self, path: &str) -> Option<String> {
+        let what = |value: bool| {
+            if value {
+                "input attribute value"
+            } else {
+                "input attribute name"
+            }
+        };
+        Some(match self {
+            AttrError::Closed | AttrError::NoReply => return None,
+            AttrError::Eof { value, partial } | AttrError::Timeout { value, partial }
+                if *partial =>
+            {
+                format!(
+                    "unexpected end-of-input from {path} while reading {}",
+                    what(*value)
+                )
+            }
+            AttrError::Eof { value, .. } => format!(
+                "premature end-of-input on {path} while reading {}",
+                what(*value)
+            ),
+            AttrError::Timeout { value, .. } => {
+                format!("timeout on {path} while reading {}", what(*value))
+            }
+            AttrError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                format!("timeout on {path} while reading input attribute name")
+            }
+            AttrError::Io(_) => {
+                format!("premature end-of-input on {path} while reading input attribute name")
+            }
+            AttrError::TooLarge => {
+                format!("attribute count exceeds limit {MAX_ATTRS} in input from {path}")
+            }
+            AttrError::Unexpected { got, want } => {
+                format!("unexpected attribute {got} from {path} (expecting: {want})")
+            }
+            AttrError::Missing(name) => format!("missing attribute {name} in input from {path}"),
+            AttrError::BadNumber { value, .. } => format!(
+                "malformed numerical data from {path} while reading input attribute value: {:.100}",
+                value
+            ),
+            AttrError::WrongValue { name, got, want } => {
+                format!("unexpected {name} {got} from {path} (expected: {want})")
+            }
+        })
+    }
 }
 
 /// One received attribute list: (name, value) pairs in order.
@@ -174,17 +242,40 @@ impl AttrList {
 
     /// Reads one list from a buffered stream.
     ///
-    /// Errors: [`AttrError::Eof`] if the stream ends inside the list,
+    /// Errors: [`AttrError::Closed`] if the stream ends before the list
+    /// starts, [`AttrError::Eof`] if it ends inside the list,
     /// [`AttrError::Io`], [`AttrError::TooLarge`].
     pub async fn read<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<AttrList, AttrError> {
+        Self::read_with(reader, None).await
+    }
+
+    /// Like [`AttrList::read`], with each read from the stream limited to
+    /// `per_read` (Postfix's stream timeouts, `util/vstream.c`, which
+    /// `global/timed_ipc.c` sets to `ipc_timeout`): a peer that goes quiet
+    /// for that long fails the read, one that trickles does not.
+    ///
+    /// Errors: as [`AttrList::read`], [`AttrError::NoReply`] and
+    /// [`AttrError::Timeout`].
+    pub async fn read_with<R: AsyncBufRead + Unpin>(
+        reader: &mut R,
+        per_read: Option<std::time::Duration>,
+    ) -> Result<AttrList, AttrError> {
         let mut pairs = Vec::new();
         loop {
-            let name = read_token(reader).await?;
+            let name = match read_token(reader, per_read, false).await {
+                Err(AttrError::Eof { partial: false, .. }) if pairs.is_empty() => {
+                    return Err(AttrError::Closed)
+                }
+                Err(AttrError::Timeout { partial: false, .. }) if pairs.is_empty() => {
+                    return Err(AttrError::NoReply)
+                }
+                r => r?,
+            };
             if name.is_empty() {
                 tracing::debug!("input attribute name: (end)");
                 return Ok(AttrList { pairs });
             }
-            let value = read_token(reader).await?;
+            let value = read_token(reader, per_read, true).await?;
             if crate::log::verbose() {
                 tracing::debug!("input attribute name: {}", String::from_utf8_lossy(&name));
                 tracing::debug!("input attribute value: {}", String::from_utf8_lossy(&value));
@@ -219,7 +310,7 @@ impl AttrList {
         if let Some((extra, _)) = self.pairs.get(names.len()) {
             return Err(AttrError::Unexpected {
                 got: String::from_utf8_lossy(extra).into_owned(),
-                want: "end of input".into(),
+                want: "(list terminator)".into(),
             });
         }
         Ok(out)
@@ -243,12 +334,31 @@ pub fn parse_int(name: &str, value: &[u8]) -> Result<i32, AttrError> {
     Ok(v as u32 as i32)
 }
 
-async fn read_token<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Vec<u8>, AttrError> {
+/// Reads one NUL-terminated token; `value` says which kind, for errors.
+async fn read_token<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    per_read: Option<std::time::Duration>,
+    value: bool,
+) -> Result<Vec<u8>, AttrError> {
     let mut token = Vec::new();
     loop {
-        let buf = reader.fill_buf().await?;
+        let buf = match per_read {
+            None => reader.fill_buf().await?,
+            Some(t) => match tokio::time::timeout(t, reader.fill_buf()).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(AttrError::Timeout {
+                        value,
+                        partial: !token.is_empty(),
+                    })
+                }
+            },
+        };
         if buf.is_empty() {
-            return Err(AttrError::Eof);
+            return Err(AttrError::Eof {
+                value,
+                partial: !token.is_empty(),
+            });
         }
         if let Some(nul) = buf.iter().position(|&c| c == 0) {
             token.extend_from_slice(&buf[..nul]);
@@ -271,7 +381,19 @@ pub async fn read_announcement<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     protocol: &str,
 ) -> Result<(), AttrError> {
-    let list = AttrList::read(reader).await?;
+    read_announcement_with(reader, protocol, None).await
+}
+
+/// Like [`read_announcement`], with each read limited to `per_read` (see
+/// [`AttrList::read_with`]).
+///
+/// Errors: as [`read_announcement`].
+pub async fn read_announcement_with<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    protocol: &str,
+    per_read: Option<std::time::Duration>,
+) -> Result<(), AttrError> {
+    let list = AttrList::read_with(reader, per_read).await?;
     let values = list.expect(&["protocol"])?;
     if values[0] != protocol.as_bytes() {
         return Err(AttrError::WrongValue {
@@ -328,6 +450,60 @@ mod tests {
         assert!(parse_int("s", b"4294967296").is_err());
     }
 
+    #[test]
+    fn warnings_in_postfix_words() {
+        let p = "private/smtp socket";
+        let w = |e: AttrError| e.warning(p);
+        assert_eq!(w(AttrError::Closed), None);
+        assert_eq!(
+            w(AttrError::Eof {
+                value: false,
+                partial: false
+            })
+            .unwrap(),
+            "premature end-of-input on private/smtp socket while reading input attribute name"
+        );
+        assert_eq!(
+            w(AttrError::Timeout {
+                value: true,
+                partial: false
+            })
+            .unwrap(),
+            "timeout on private/smtp socket while reading input attribute value"
+        );
+        assert_eq!(
+            w(AttrError::Eof {
+                value: true,
+                partial: true
+            })
+            .unwrap(),
+            "unexpected end-of-input from private/smtp socket while reading input attribute value"
+        );
+        let (l, _) = AttrList::parse(b"garbage\0x\0\0").unwrap().unwrap();
+        assert_eq!(
+            w(l.expect(&["status"]).unwrap_err()).unwrap(),
+            "unexpected attribute garbage from private/smtp socket (expecting: status)"
+        );
+    }
+
+    #[tokio::test]
+    async fn per_read_timeout_inside_a_list() {
+        let (client, mut server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"status\0")
+            .await
+            .unwrap();
+        let mut r = tokio::io::BufReader::new(client);
+        let got = AttrList::read_with(&mut r, Some(std::time::Duration::from_millis(50))).await;
+        assert!(matches!(
+            got,
+            Err(AttrError::Timeout {
+                value: true,
+                partial: false
+            })
+        ));
+        drop(server);
+    }
+
     #[tokio::test]
     async fn async_read() {
         let data: &[u8] = b"protocol\x00delivery_request_protocol\x00\x00status\x00";
@@ -335,6 +511,17 @@ mod tests {
         read_announcement(&mut r, "delivery_request_protocol")
             .await
             .unwrap();
-        assert!(matches!(AttrList::read(&mut r).await, Err(AttrError::Eof)));
+        assert!(matches!(
+            AttrList::read(&mut r).await,
+            Err(AttrError::Eof {
+                value: true,
+                partial: false
+            })
+        ));
+        let mut r = tokio::io::BufReader::new(&b""[..]);
+        assert!(matches!(
+            AttrList::read(&mut r).await,
+            Err(AttrError::Closed)
+        ));
     }
 }

@@ -116,15 +116,31 @@ impl Peer {
         })
     }
 
-    /// Writes `bytes` within `timeout`.
+    /// Writes `bytes`, each write limited to `timeout`, as Postfix's
+    /// stream timeouts limit each write(2) (`util/vstream.c`,
+    /// `util/timed_write.c`; qmgr sets them to `qmgr_ipc_timeout`): a peer
+    /// that reads slowly is waited for, one that stops reading for
+    /// `timeout` fails the write.
     ///
-    /// Errors: the write error, or `TimedOut`.
+    /// Errors: the write error, or ETIMEDOUT ("Connection timed out").
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-        match tokio::time::timeout(timeout, self.reader.get_mut().write_all(bytes)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        let stream = self.reader.get_mut();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match tokio::time::timeout(timeout, stream.write(rest)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => rest = &rest[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(timed_out()),
+            }
         }
+        Ok(())
     }
+}
+
+/// ETIMEDOUT, which Postfix's `%m` shows as "Connection timed out".
+pub fn timed_out() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::ETIMEDOUT)
 }
 
 /// A non-blocking connect to a local socket: done at once, or
@@ -222,8 +238,9 @@ impl ServiceError {
 
 /// One request to a Postfix service (`mail_command_client`): connect to
 /// `class/service`, read its `protocol` announcement, send `request` (one
-/// encoded attribute list), read the `status` reply. Each step is limited
-/// by `timeout`.
+/// encoded attribute list), read the `status` reply. Each read and each
+/// write is limited by `timeout`, as the stream timeouts that
+/// `global/timed_ipc.c` sets (`global/mail_command_client.c`).
 ///
 /// Errors: [`ServiceError`] for a failed connect, write or read (protocol
 /// or timeout).
@@ -246,7 +263,7 @@ pub async fn command(
             service: service.to_string(),
             text: crate::log::errno_text(&e),
         })?;
-    with_timeout(timeout, attr::read_announcement(&mut peer.reader, protocol))
+    attr::read_announcement_with(&mut peer.reader, protocol, Some(timeout))
         .await
         .map_err(read)?;
     peer.send(request, timeout)
@@ -256,24 +273,11 @@ pub async fn command(
             service: service.to_string(),
             text: crate::log::errno_text(&e),
         })?;
-    let reply = with_timeout(timeout, attr::AttrList::read(&mut peer.reader))
+    let reply = attr::AttrList::read_with(&mut peer.reader, Some(timeout))
         .await
         .map_err(read)?;
     let v = reply.expect(&["status"]).map_err(read)?;
     attr::parse_int("status", v[0]).map_err(read)
-}
-
-/// Runs `fut` with a time limit; a timeout becomes an I/O `TimedOut` error.
-///
-/// Errors: the future's own error, or [`attr::AttrError::Io`] with `TimedOut`.
-pub async fn with_timeout<T>(
-    timeout: Duration,
-    fut: impl std::future::Future<Output = Result<T, attr::AttrError>>,
-) -> Result<T, attr::AttrError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(attr::AttrError::Io(std::io::ErrorKind::TimedOut.into())),
-    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! recipients costs a few round trips. A failure is retried every second,
 //! forever, as Postfix does; other work (deliveries) goes on meanwhile.
 
-use super::attr::{parse_int, AttrList, AttrWriter};
-use super::{with_timeout, Peer};
+use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
+use super::Peer;
 use crate::proto::service::CLASS_PRIVATE;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -45,6 +45,8 @@ pub struct Resolved {
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Pause between failed connects (`mail_connect_wait`).
+const CONNECT_RETRY: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 100_000;
 
 type CacheKey = (Class, Vec<u8>, Vec<u8>);
@@ -58,6 +60,9 @@ pub struct Resolver {
     conn: Option<Conn>,
     cache: HashMap<CacheKey, (Resolved, Instant)>,
     failures: u32,
+    /// Petted while a failure is retried: waiting for trivial-rewrite is
+    /// not a hung loop (Postfix's qmgr ends there; rqmgr keeps trying).
+    watchdog: Option<crate::master::Watchdog>,
 }
 
 struct Conn {
@@ -78,6 +83,29 @@ impl Resolver {
             conn: None,
             cache: HashMap::new(),
             failures: 0,
+            watchdog: None,
+        }
+    }
+
+    /// The watchdog to pet while a failure is retried.
+    pub fn set_watchdog(&mut self, watchdog: crate::master::Watchdog) {
+        self.watchdog = Some(watchdog);
+    }
+
+    /// Waits `pause` before a retry, petting the watchdog every 250 ms.
+    async fn pause(&self, pause: Duration) {
+        let step = Duration::from_millis(250);
+        let mut left = pause;
+        loop {
+            if let Some(w) = &self.watchdog {
+                w.pet();
+            }
+            if left.is_zero() {
+                return;
+            }
+            let now = left.min(step);
+            tokio::time::sleep(now).await;
+            left -= now;
         }
     }
 
@@ -98,14 +126,42 @@ impl Resolver {
             .map(|c| (c.used + self.idle).min(c.opened + self.ttl))
     }
 
+    /// The connection, opened if needed (`clnt_stream_access`): one that
+    /// the server closed or wrote on unasked is replaced. A connect that
+    /// fails is logged and retried every 10 s until it works
+    /// (`mail_connect_wait`, which ends the process at the 11th attempt;
+    /// rqmgr keeps trying). Then the server's announcement is read.
     async fn connect(&mut self) -> Result<&mut Conn, ClientError> {
+        if let Some(c) = &self.conn {
+            let mut byte = [0u8; 1];
+            let stale = !c.peer.reader.buffer().is_empty()
+                || !matches!(
+                    c.peer.reader.get_ref().try_read(&mut byte),
+                    Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+                );
+            if stale {
+                self.conn = None;
+            }
+        }
         if self.conn.is_none() {
-            let mut peer = Peer::connect(CLASS_PRIVATE, &self.service).await?;
-            with_timeout(
-                self.timeout,
-                super::attr::read_announcement(&mut peer.reader, PROTOCOL),
-            )
-            .await?;
+            let mut attempt = 0;
+            let mut peer = loop {
+                match Peer::connect(CLASS_PRIVATE, &self.service).await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(
+                            "connect #{attempt} to subsystem {CLASS_PRIVATE}/{}: {}",
+                            self.service,
+                            crate::log::errno_text(&e)
+                        );
+                        self.pause(CONNECT_RETRY).await;
+                    }
+                }
+            };
+            super::attr::read_announcement_with(&mut peer.reader, PROTOCOL, Some(self.timeout))
+                .await
+                .map_err(|e| self.protocol(e))?;
             let now = Instant::now();
             self.conn = Some(Conn {
                 peer,
@@ -116,21 +172,39 @@ impl Resolver {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
+    /// A protocol error, logged at once in attr_scan0's words.
+    fn protocol(&self, e: AttrError) -> ClientError {
+        let socket = format!("{CLASS_PRIVATE}/{} socket", self.service);
+        if let Some(w) = e.warning(&socket) {
+            tracing::warn!("{w}");
+        }
+        ClientError::Protocol(e)
+    }
+
     async fn round_trip(&mut self, request: &[u8]) -> Result<AttrList, ClientError> {
         let timeout = self.timeout;
         let conn = self.connect().await?;
         conn.used = Instant::now();
         conn.peer.send(request, timeout).await?;
-        Ok(with_timeout(timeout, AttrList::read(&mut conn.peer.reader)).await?)
+        let reply = AttrList::read_with(&mut conn.peer.reader, Some(timeout)).await;
+        reply.map_err(|e| self.protocol(e))
     }
 
+    /// A failed round trip (`resolve_clnt`, `rewrite_clnt`): the connection
+    /// is dropped, and the failure is logged unless it is the first of
+    /// this request and looks like a stale connection (no error number,
+    /// EPIPE or ENOENT), as Postfix does.
     fn failed(&mut self, why: &ClientError) {
         self.conn = None;
-        // Postfix stays quiet about the first failure of a stale connection.
-        if self.failures > 0 {
-            tracing::warn!("problem talking to service {}: {}", self.service, why);
-        }
         self.failures += 1;
+        let errno = why.errno();
+        if self.failures > 1 || !matches!(errno, 0 | libc::EPIPE | libc::ENOENT) {
+            tracing::warn!(
+                "problem talking to service {}: {}",
+                self.service,
+                errno_text(errno)
+            );
+        }
     }
 
     /// Resolves `address` for `sender` (empty for the null sender). Retries
@@ -177,14 +251,19 @@ impl Resolver {
                         }
                         return r;
                     }
+                    Err(ReplyError::Malformed(e) | ReplyError::Value(e)) => {
+                        let e = self.protocol(e);
+                        self.failed(&e);
+                    }
                     Err(why) => {
                         self.conn = None;
+                        self.failures += 1;
                         tracing::warn!("{why}");
                     }
                 },
                 Err(why) => self.failed(&why),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.pause(Duration::from_secs(1)).await;
         }
     }
 
@@ -231,25 +310,53 @@ impl Resolver {
                         return unquote_822_local(v[1]);
                     }
                     Err(e) => {
-                        self.conn = None;
-                        tracing::warn!("rewrite_clnt: {e}");
+                        let e = self.protocol(e);
+                        self.failed(&e);
                     }
                 },
                 Err(why) => self.failed(&why),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.pause(Duration::from_secs(1)).await;
         }
     }
 }
 
-/// Why talking to trivial-rewrite failed (the text of Postfix's
-/// `problem talking to service` warning).
+/// Why talking to trivial-rewrite failed.
 #[derive(Debug, thiserror::Error)]
 enum ClientError {
+    /// Writing the request failed.
     #[error("{}", crate::log::errno_text(.0))]
     Io(#[from] std::io::Error),
+    /// The announcement or the reply was unusable (already logged in
+    /// attr_scan0's words, where Postfix logs it).
     #[error("{0}")]
-    Protocol(#[from] super::attr::AttrError),
+    Protocol(AttrError),
+}
+
+impl ClientError {
+    /// The error number Postfix's `%m` would show: 0 where the stream
+    /// read or wrote without a system error (an early end, garbage).
+    fn errno(&self) -> i32 {
+        match self {
+            ClientError::Io(e) | ClientError::Protocol(AttrError::Io(e)) => {
+                e.raw_os_error().unwrap_or(0)
+            }
+            ClientError::Protocol(AttrError::Timeout { .. } | AttrError::NoReply) => {
+                libc::ETIMEDOUT
+            }
+            ClientError::Protocol(_) => 0,
+        }
+    }
+}
+
+/// Postfix's `%m`: the error's text, or "Application error" for none
+/// (`util/vbuf_print.c`).
+fn errno_text(errno: i32) -> String {
+    if errno == 0 {
+        "Application error".to_string()
+    } else {
+        nix::errno::Errno::from_raw(errno).desc().to_string()
+    }
 }
 
 /// A reply trivial-rewrite should not have sent (`resolve_clnt`).
@@ -318,6 +425,21 @@ fn verbose_line(cached: &str, sender: &[u8], address: &[u8], r: &Resolved) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_m() {
+        assert_eq!(errno_text(0), "Application error");
+        assert_eq!(errno_text(libc::ETIMEDOUT), "Connection timed out");
+        let garbage = ClientError::Protocol(AttrError::Unexpected {
+            got: "garbage".into(),
+            want: "flags".into(),
+        });
+        assert_eq!(garbage.errno(), 0);
+        assert_eq!(
+            ClientError::Protocol(AttrError::NoReply).errno(),
+            libc::ETIMEDOUT
+        );
+    }
 
     #[test]
     fn unquoting() {

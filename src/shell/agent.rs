@@ -4,21 +4,41 @@
 //! announcement (and the transport rate delay), asks the loop for the entry
 //! to deliver, writes the request and waits for the reply. The core reads
 //! the reply.
+//!
+//! Time limits as in Postfix 3.7: the announcement and the reply are each
+//! waited for up to `daemon_timeout` (qmgr's watchdogs
+//! `qmgr_transport_abort`, `qmgr_deliver_abort`); once bytes flow, each
+//! read and each write is limited to `qmgr_ipc_timeout` (the stream
+//! timeouts that `global/timed_ipc.c` sets). Where Postfix's qmgr ends
+//! with a `fatal:` line at a watchdog timeout, rqmgr logs the same words
+//! as a warning, and goes on (the announcement: the transport is throttled;
+//! the reply: the recipients are deferred as for a crashed agent).
 
-use super::{Daemon, Delivery, Report};
-use crate::ipc::attr::{read_announcement, AttrList};
+use super::{Daemon, Report};
+use crate::ipc::attr::{read_announcement_with, AttrError, AttrList};
 use crate::ipc::deliver::{self, encode_request, parse_reply, Reply, Request};
-use crate::ipc::{with_timeout, Peer};
+use crate::ipc::Peer;
 use crate::proto::service::CLASS_PRIVATE;
 use crate::qmgr::{AgentReply, EntryId};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot};
+
+/// What the loop hands an agent session that announced itself: the entry
+/// to deliver, its queue id (for the log) and the encoded request.
+pub(super) struct Assignment {
+    entry: EntryId,
+    queue_id: String,
+    request: Vec<u8>,
+    /// The destination queue's name (for the `-v` line).
+    site: std::rc::Rc<str>,
+}
 
 /// Time limits of one agent session.
 struct AgentTimeouts {
     /// `daemon_timeout`: waiting for the agent's announcement and reply.
     daemon: Duration,
-    /// `qmgr_ipc_timeout`: writing the request.
+    /// `qmgr_ipc_timeout`: each read and write once bytes flow.
     ipc: Duration,
     /// `_transport_rate_delay`: pause between readiness and the request.
     rate_delay: Duration,
@@ -41,7 +61,7 @@ impl Daemon {
     pub(super) fn agent_ready(
         &mut self,
         transport: &str,
-        reply: oneshot::Sender<Option<Delivery>>,
+        reply: oneshot::Sender<Option<Assignment>>,
     ) {
         let now = Instant::now();
         let Some(e) = self.core.agent_ready(transport, now) else {
@@ -59,13 +79,13 @@ impl Daemon {
             active_arrival: m.active_arrival,
             smtputf8_enable: self.params.smtputf8_enable,
         });
-        let site = self.core.site(entry.queue).clone();
-        let delivery = Delivery {
+        let assignment = Assignment {
             entry: e,
+            queue_id: m.queue_id.clone(),
             request,
-            site,
+            site: self.core.site(entry.queue).clone(),
         };
-        if reply.send(Some(delivery)).is_err() {
+        if reply.send(Some(assignment)).is_err() {
             self.core.delivery_done(e, AgentReply::Crashed, now);
         }
     }
@@ -104,16 +124,29 @@ async fn agent_session(
         }
     };
     let socket = format!("{CLASS_PRIVATE}/{transport} socket");
-    if with_timeout(
-        timeouts.daemon,
-        read_announcement(&mut peer.reader, deliver::PROTOCOL),
-    )
-    .await
-    .is_err()
-    {
-        tracing::warn!("{socket}: malformed response");
-        let _ = tx.send(Report::AgentFailed { transport });
-        return;
+    // qmgr_transport_event: the first byte (or the end) within
+    // daemon_timeout, else Postfix's qmgr ends ("timeout connecting to
+    // transport").
+    match first_byte(&mut peer, timeouts.daemon).await {
+        Err(()) => {
+            tracing::warn!("timeout connecting to transport: {transport}");
+            let _ = tx.send(Report::AgentFailed { transport });
+            return;
+        }
+        // An agent that hung up without a byte: Postfix's attr_scan0
+        // returns quietly, as if the announcement had been read, and the
+        // request's write fails (EPIPE) below.
+        Ok(false) => {}
+        Ok(true) => {
+            let announced =
+                read_announcement_with(&mut peer.reader, deliver::PROTOCOL, Some(timeouts.ipc))
+                    .await;
+            if let Err(e) = announced {
+                malformed(&socket, &e);
+                let _ = tx.send(Report::AgentFailed { transport });
+                return;
+            }
+        }
     }
     if !timeouts.rate_delay.is_zero() {
         tokio::time::sleep(timeouts.rate_delay).await;
@@ -128,8 +161,9 @@ async fn agent_session(
     {
         return;
     }
-    let Ok(Some(Delivery {
+    let Ok(Some(Assignment {
         entry,
+        queue_id,
         request,
         site,
     })) = reply_rx.await
@@ -146,11 +180,24 @@ async fn agent_session(
     }
     tracing::debug!("qmgr_deliver: site `{site}'");
     let sent = Instant::now();
-    let reply = with_timeout(timeouts.daemon, AttrList::read(&mut peer.reader)).await;
-    let reply = match reply.and_then(|l| parse_reply(&l)) {
+    // qmgr_deliver_abort: the reply within daemon_timeout.
+    if first_byte(&mut peer, timeouts.daemon).await.is_err() {
+        tracing::warn!("{queue_id}: timeout receiving delivery status from transport: {transport}");
+        let _ = tx.send(Report::Replied {
+            entry,
+            reply: None,
+            transport,
+            elapsed: sent.elapsed(),
+        });
+        return;
+    }
+    let reply = AttrList::read_with(&mut peer.reader, Some(timeouts.ipc))
+        .await
+        .and_then(|l| parse_reply(&l));
+    let reply = match reply {
         Ok(r) => Some(r),
-        Err(_) => {
-            tracing::warn!("{socket}: malformed response");
+        Err(e) => {
+            malformed(&socket, &e);
             None
         }
     };
@@ -160,4 +207,24 @@ async fn agent_session(
         transport,
         elapsed: sent.elapsed(),
     });
+}
+
+/// Waits up to `limit` for the peer to send a byte or hang up: Ok(true)
+/// for bytes (or a read error, which the next read reports), Ok(false) for
+/// the end, Err on timeout.
+async fn first_byte(peer: &mut Peer, limit: Duration) -> Result<bool, ()> {
+    match tokio::time::timeout(limit, peer.reader.fill_buf()).await {
+        Err(_) => Err(()),
+        Ok(Ok(buf)) => Ok(!buf.is_empty()),
+        Ok(Err(_)) => Ok(true),
+    }
+}
+
+/// Logs an unusable announcement or reply as Postfix does: attr_scan0's
+/// warning (if it gives one), then qmgr's `malformed response`.
+fn malformed(socket: &str, e: &AttrError) {
+    if let Some(w) = e.warning(socket) {
+        tracing::warn!("{w}");
+    }
+    tracing::warn!("{socket}: malformed response");
 }

@@ -94,7 +94,8 @@ impl Daemon {
 
     /// Sends one notice request for `msg` in the background; its status
     /// comes back as [`Report::Notified`]. A failure is logged as
-    /// `<id>: status=deferred (<what> failed)` (`abounce_done`).
+    /// `<id>: status=deferred (<what> failed)` (`abounce_done`), without
+    /// a warning for a connect or write that failed, as abounce gives none.
     fn spawn_notice(&self, msg: MessageId, notice: Notice) -> Option<Fact> {
         let m = &self.messages[&msg];
         let request = notice.request(&m.queue_id, &m.env);
@@ -104,10 +105,20 @@ impl Daemon {
         tokio::task::spawn_local(async move {
             let ok = match bounce::call(&service, &request, ABOUNCE_TIMEOUT).await {
                 Ok(status) => status == 0,
-                Err(e) => {
-                    tracing::warn!("{e}");
+                // abounce gives attr_scan0's warning for an unusable
+                // answer, and none for a service that cannot be reached
+                // or hangs up.
+                Err(crate::ipc::ServiceError::Read {
+                    class,
+                    service,
+                    error,
+                }) => {
+                    if let Some(w) = error.warning(&format!("{class}/{service} socket")) {
+                        tracing::warn!("{w}");
+                    }
                     false
                 }
+                Err(_) => false,
             };
             if !ok {
                 tracing::info!("{id}: status=deferred ({} failed)", notice.what());

@@ -58,7 +58,7 @@ enum Report {
     /// An agent announced itself and waits for a request.
     AgentReady {
         transport: String,
-        reply: tokio::sync::oneshot::Sender<Option<Delivery>>,
+        reply: tokio::sync::oneshot::Sender<Option<agent::Assignment>>,
     },
     /// Connecting to an agent failed (already logged).
     AgentFailed { transport: String },
@@ -79,15 +79,6 @@ enum Report {
         request: crate::status::Request,
         reply: tokio::sync::oneshot::Sender<crate::status::Answer>,
     },
-}
-
-/// What an agent session is given to deliver (`qmgr_deliver`).
-struct Delivery {
-    entry: crate::qmgr::EntryId,
-    /// The encoded request.
-    request: Vec<u8>,
-    /// The destination queue's name (for the `-v` line).
-    site: std::rc::Rc<str>,
 }
 
 /// A message in memory: what the shell keeps of it (`QMGR_MESSAGE`'s file
@@ -295,6 +286,7 @@ impl Daemon {
             self.params.queue_run_delay.max(1) as u64,
         ));
         deferred_timer.tick().await; // the first tick is immediate; startup already requested a scan
+        self.resolver.set_watchdog(watchdog.clone());
         let heartbeat = Duration::from_secs((self.params.qmgr_daemon_timeout as u64 / 3).max(1));
         let mut gauge_timer = tokio::time::interval(Duration::from_secs(1));
         let metrics_on = self.metrics.is_some();

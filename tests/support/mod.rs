@@ -18,6 +18,7 @@
 //! The layout is the same as the one `.ci/demo` builds in shell.
 #![allow(dead_code)]
 
+pub mod fake;
 pub mod log;
 pub mod sink;
 pub mod smtp;
@@ -373,6 +374,12 @@ impl Instance {
 
     pub fn spool(&self) -> PathBuf {
         self.root.join("spool")
+    }
+
+    /// Serves `private/<name>` with a fake peer (see [`fake`]); route a
+    /// domain to it with `Opts::transport(domain, "<name>:")`.
+    pub fn fake_peer(&self, name: &str, behaviour: fake::Behaviour) -> fake::FakePeer {
+        fake::FakePeer::serve(&self.spool(), name, sys::uid_of("postfix"), behaviour)
     }
 
     pub fn maillog_path(&self) -> PathBuf {
