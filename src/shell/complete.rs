@@ -73,9 +73,13 @@ impl Daemon {
             }
             Step::Defer { delay } => {
                 let now = crate::now_secs();
-                self.spool
-                    .defer(&id, spool::ACTIVE, spool::DEFERRED, now, delay);
-                self.scans.deferred.added(&id, now + delay);
+                if self
+                    .spool
+                    .defer(&id, spool::ACTIVE, spool::DEFERRED, now, delay)
+                    == spool::Landed::AsAsked
+                {
+                    self.scans.deferred.added(&id, now + delay);
+                }
                 Some(Fact::Done)
             }
             Step::Remove => {

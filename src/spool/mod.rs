@@ -33,6 +33,17 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
+/// Where [`Spool::defer`] put a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landed {
+    /// In the queue asked for.
+    AsAsked,
+    /// In the incoming queue: the file system was full.
+    Incoming,
+    /// Nowhere: the file had vanished.
+    Vanished,
+}
+
 /// Queue names (`global/mail_queue.h`).
 pub const INCOMING: &str = "incoming";
 pub const ACTIVE: &str = "active";
@@ -203,13 +214,12 @@ impl Spool {
         let new = self.path(to, id);
         match fs::rename(&old, &new) {
             Ok(()) => Ok(()),
-            Err(first) => {
+            Err(_) => {
+                // As mail_queue_rename: the error of the directory creation
+                // if that fails (ENOSPC, EDQUOT...), else of the second try.
                 let parent = new.parent().map(PathBuf::from).unwrap_or_default();
-                if make_dirs(&parent).is_ok() {
-                    fs::rename(&old, &new)
-                } else {
-                    Err(first)
-                }
+                make_dirs(&parent)?;
+                fs::rename(&old, &new)
             }
         }
     }
@@ -245,8 +255,17 @@ impl Spool {
 
     /// Time-stamps `from/<id>` `delay` seconds after `now` (seconds since the
     /// epoch) and moves it to `to`, where a scan will find it due then
-    /// (`qmgr_active_defer`).
-    pub fn defer(&self, id: &str, from: &str, to: &str, now: i64, delay: i64) {
+    /// (`qmgr_active_defer`). Returns where the file went.
+    ///
+    /// A full file system (ENOSPC, EDQUOT: e.g. no inode left for the
+    /// hashed subdirectory `deferred/X` that the file must go to) is not
+    /// fatal, unlike in Postfix's qmgr, whose restart loop only ends when
+    /// there is room again: rqmgr logs a warning and moves the file to the
+    /// incoming queue instead (a rename into an existing directory needs no
+    /// new inode), dated as it would have been in `to`, so that the
+    /// incoming scan tries it again when it is due, or at the next
+    /// `postqueue -f`. man/rqmgr.8, DIFFERENCES.
+    pub fn defer(&self, id: &str, from: &str, to: &str, now: i64, delay: i64) -> Landed {
         const WHAT: &str = "qmgr_active_defer";
         tracing::debug!("wakeup {id} after {delay} secs");
         let path = self.path(from, id);
@@ -255,10 +274,31 @@ impl Spool {
             IfVanished::Ignore,
             || format!("{WHAT}: update {} time stamps", path.display()),
         );
-        if self.move_file(id, from, to, IfVanished::Warn, || {
-            format!("{WHAT}: rename {id} from {from} to {to}")
-        }) {
-            tracing::debug!("{WHAT}: defer {id}");
+        match self.rename(id, from, to) {
+            Ok(()) => {
+                tracing::debug!("{WHAT}: defer {id}");
+                Landed::AsAsked
+            }
+            Err(e) if is_disk_full(&e) && to != INCOMING && from != INCOMING => {
+                tracing::warn!(
+                    "{WHAT}: rename {id} from {from} to {to}: {}; moved to {INCOMING} \
+                     instead, due in {delay} seconds",
+                    crate::log::errno_text(&e)
+                );
+                if self.move_file(id, from, INCOMING, IfVanished::Warn, || {
+                    format!("{WHAT}: rename {id} from {from} to {INCOMING}")
+                }) {
+                    Landed::Incoming
+                } else {
+                    Landed::Vanished
+                }
+            }
+            Err(e) => {
+                must(Err::<(), _>(e), IfVanished::Warn, || {
+                    format!("{WHAT}: rename {id} from {from} to {to}")
+                });
+                Landed::Vanished
+            }
         }
     }
 
@@ -319,6 +359,13 @@ impl Spool {
             format!("qmgr_message_alloc: {id}: remove {DEFER} {id}")
         });
     }
+}
+
+/// ENOSPC or EDQUOT: the file system has no room (blocks or inodes) left.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error()
+        .is_some_and(|n| n == Errno::ENOSPC as i32 || n == Errno::EDQUOT as i32)
 }
 
 /// Sets atime and mtime of `path` to `secs`.

@@ -154,7 +154,17 @@ pub struct Opts {
     /// `slow.example`, that waits that long before it answers DATA
     /// (`smtp-sink -w seconds`). See [`Instance::slow_sink`].
     pub slow_sink_delay: Option<u32>,
+    /// Some(size): ROOT/spool is a tmpfs of that size (`mount -o size=`,
+    /// e.g. "4m") with [`SPOOL_TMPFS_INODES`] inodes, unmounted when the
+    /// instance is dropped. See [`Opts::spool_tmpfs`].
+    pub spool_tmpfs: Option<String>,
 }
+
+/// The inode limit of a tmpfs spool (`nr_inodes`): small, so that
+/// [`Instance::fill_spool`] uses up the inodes in a few milliseconds. A
+/// tmpfs charges no blocks for a directory, so only running out of inodes
+/// makes a `mkdir` in the queue fail, as a full disk does.
+pub const SPOOL_TMPFS_INODES: u32 = 2048;
 
 impl Opts {
     pub fn new(name: &str, qmgr: Qmgr) -> Opts {
@@ -176,6 +186,7 @@ impl Opts {
             services: Vec::new(),
             omit_services: Vec::new(),
             slow_sink_delay: None,
+            spool_tmpfs: None,
         }
     }
 
@@ -243,6 +254,14 @@ impl Opts {
     /// answer to DATA by `seconds`.
     pub fn slow_sink(mut self, seconds: u32) -> Opts {
         self.slow_sink_delay = Some(seconds);
+        self
+    }
+
+    /// The queue directory on a small tmpfs of `size` (e.g. "4m"), so that a
+    /// test can fill it up ([`Instance::fill_spool`]). Unmounted at drop
+    /// (a kept instance's spool is copied to ROOT/spool.kept first).
+    pub fn spool_tmpfs(mut self, size: &str) -> Opts {
+        self.spool_tmpfs = Some(size.to_string());
         self
     }
 
@@ -329,7 +348,7 @@ impl Instance {
         let smtpd_port = sys::free_port();
         let closed_port = sys::free_port();
         let sink_port = sys::free_port();
-        make_layout(&root, &opts.qmgr.path());
+        make_layout(&root, &opts.qmgr.path(), opts.spool_tmpfs.as_deref());
         let sink = SmtpSink::start(&root.join("sink"), sink_port);
         let slow_sink = opts.slow_sink_delay.map(|secs| {
             let port = sys::free_port();
@@ -548,6 +567,17 @@ impl Instance {
         self.opts
             .main_cf
             .push((name.to_string(), value.to_string()));
+        self.write_config();
+        self.reload();
+    }
+
+    /// Sets (or replaces) the route of `domain` (as [`Opts::transport`]),
+    /// rewrites the transport map and reloads the instance.
+    pub fn set_transport(&mut self, domain: &str, nexthop: &str) {
+        self.opts.transports.retain(|(d, _)| d != domain);
+        self.opts
+            .transports
+            .push((domain.to_string(), nexthop.to_string()));
         self.write_config();
         self.reload();
     }
@@ -1002,6 +1032,69 @@ impl Instance {
         self.wait_until("the queue to be empty", || self.queue_is_empty());
     }
 
+    // ---- a full spool (Opts::spool_tmpfs) --------------------------------
+
+    /// ROOT/spool/filler: where [`Instance::fill_spool`] puts its files.
+    pub fn spool_filler(&self) -> PathBuf {
+        self.spool().join("filler")
+    }
+
+    /// Fills the tmpfs spool: one file grows until no block is left, then
+    /// empty files take every inode left. Returns (bytes, files) written.
+    ///
+    /// First it makes the lock file `pid/TYPE.NAME` of every master.cf
+    /// service that has none yet, as a spool has them once each daemon has
+    /// run: a daemon that cannot make its lock file at start-up ends with
+    /// `fatal: open lock file ...`, which is not what these tests are about.
+    pub fn fill_spool(&self) -> (u64, u32) {
+        use std::io::Write;
+        let master_cf = fs::read_to_string(self.etc().join("master.cf")).unwrap_or_default();
+        for line in master_cf.lines() {
+            let mut f = line.split_whitespace();
+            if let (Some(name), Some(kind)) = (f.next(), f.next()) {
+                if !name.starts_with('#') {
+                    let lock = self.spool().join("pid").join(format!("{kind}.{name}"));
+                    if !lock.exists() {
+                        let _ = fs::File::create(&lock);
+                    }
+                }
+            }
+        }
+        let dir = self.spool_filler();
+        let _ = fs::create_dir(&dir);
+        let mut bytes = 0u64;
+        if let Ok(mut f) = fs::File::create(dir.join("blocks")) {
+            for chunk in [65536usize, 4096, 512, 1] {
+                let buf = vec![b'x'; chunk];
+                while f.write_all(&buf).is_ok() {
+                    bytes += chunk as u64;
+                }
+            }
+        }
+        let mut files = 0u32;
+        while fs::File::create(dir.join(format!("i{files}"))).is_ok() {
+            files += 1;
+        }
+        (bytes, files)
+    }
+
+    /// Room again: removes what [`Instance::fill_spool`] wrote.
+    pub fn unfill_spool(&self) {
+        let _ = fs::remove_dir_all(self.spool_filler());
+    }
+
+    /// Free blocks and free inodes of the spool's file system (`stat -f`).
+    pub fn spool_free(&self) -> (u64, u64) {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %d"])
+            .arg(self.spool())
+            .output()
+            .expect("run stat -f");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut f = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
+        (f.next().unwrap_or(0), f.next().unwrap_or(0))
+    }
+
     // ---- checks ----------------------------------------------------------
 
     /// Fails the test (with the diagnostics) unless `cond`.
@@ -1088,6 +1181,10 @@ impl Instance {
         let _ = writeln!(d, "ROOT: {}", self.root.display());
         let _ = writeln!(d, "queue manager: {}", self.opts.qmgr.path().display());
         let _ = writeln!(d, "queue files: {:?}", self.queue_listing());
+        if self.opts.spool_tmpfs.is_some() {
+            let (blocks, inodes) = self.spool_free();
+            let _ = writeln!(d, "spool tmpfs: {blocks} blocks and {inodes} inodes free");
+        }
         let procs = sys::instance_processes(&self.etc());
         let _ = writeln!(d, "processes:");
         for p in &procs {
@@ -1149,6 +1246,17 @@ impl Drop for Instance {
             || std::env::var("RQMGR_KEEP")
                 .map(|v| v == "1")
                 .unwrap_or(false);
+        if self.opts.spool_tmpfs.is_some() {
+            let spool = self.spool();
+            if keep {
+                let _ = Command::new("cp")
+                    .arg("-a")
+                    .arg(&spool)
+                    .arg(self.root.join("spool.kept"))
+                    .status();
+            }
+            let _ = Command::new("umount").arg(&spool).status();
+        }
         if keep {
             eprintln!(
                 "rqmgr test: kept the instance's files in {}",
@@ -1190,7 +1298,7 @@ fn mkdir(path: &Path, uid: u32, gid: u32, mode: u32) {
 
 /// Creates ROOT's directories (owners and modes as Debian's postfix-files)
 /// and ROOT/libexec (symlinks to Postfix's daemons, qmgr -> `qmgr`).
-fn make_layout(root: &Path, qmgr: &Path) {
+fn make_layout(root: &Path, qmgr: &Path, spool_tmpfs: Option<&str>) {
     let postfix = sys::uid_of("postfix");
     let nobody = sys::uid_of("nobody");
     let postdrop = sys::gid_of("postdrop");
@@ -1201,6 +1309,24 @@ fn make_layout(root: &Path, qmgr: &Path) {
     mkdir(&root.join("data"), postfix, 0, 0o700);
     mkdir(&root.join("mail"), nobody, 0, 0o755);
     let spool = root.join("spool");
+    if let Some(size) = spool_tmpfs {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!(
+                "size={size},nr_inodes={SPOOL_TMPFS_INODES},mode=755"
+            ))
+            .arg("tmpfs")
+            .arg(&spool)
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            panic!(
+                "mount a tmpfs on {}: {}",
+                spool.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     for q in [
         "active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming", "private",
         "saved", "trace",
