@@ -295,8 +295,11 @@ fn status_queries_during_a_drain_change_nothing(q: Qmgr) {
     const N: usize = 300;
     let inst = Instance::start(Opts::new("status-drain", q).timeout(Duration::from_secs(90)));
     let pids = inst.qmgr_pids();
-    // The socket: in private/, mode 0666, owned by mail_owner.
-    let meta = std::fs::metadata(inst.spool().join("private/#rqmgr-status")).unwrap();
+    // The socket: in private/, mode 0666, owned by mail_owner (rqmgr
+    // creates it once it runs: wait for it).
+    let socket = inst.spool().join("private/#rqmgr-status");
+    inst.wait_until("the status socket", || socket.exists());
+    let meta = std::fs::metadata(&socket).unwrap();
     inst.check(
         meta.mode() & 0o777 == 0o666 && meta.uid() == support::sys::uid_of("postfix"),
         &format!("socket mode {:o}, uid {}", meta.mode(), meta.uid()),
