@@ -220,21 +220,27 @@ impl<R: Clone> Core<R> {
                 queues,
             });
         }
-        if !full {
-            return Snapshot {
-                taken: now,
-                strategy: self.settings.strategy,
-                messages: self.messages.len(),
-                active_limit: self.settings.active_limit,
-                recipients: self.recipient_count,
-                recipient_limit: self.settings.recipient_limit,
-                transports,
-                jobs: Vec::new(),
-                message_views: Vec::new(),
-            };
+        let (jobs, message_views) = if full {
+            (self.job_views(), self.message_views(&ahead))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Snapshot {
+            taken: now,
+            strategy: self.settings.strategy,
+            messages: self.messages.len(),
+            active_limit: self.settings.active_limit,
+            recipients: self.recipient_count,
+            recipient_limit: self.settings.recipient_limit,
+            transports,
+            jobs,
+            message_views,
         }
-        let jobs = self
-            .jobs
+    }
+
+    /// Every job's view (the full snapshot only).
+    fn job_views(&self) -> Vec<JobView> {
+        self.jobs
             .iter()
             .map(|(j, job)| {
                 let tr = &self.transports[job.transport];
@@ -253,7 +259,13 @@ impl<R: Clone> Core<R> {
                     current: tr.job_current == Some(j),
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every message's view with its entries; `ahead` gives each waiting
+    /// entry's place in its todo list (the full snapshot only).
+    fn message_views(&self, ahead: &HashMap<super::EntryId, usize>) -> Vec<MessageView<R>> {
+        let at = |secs: u64| self.epoch + Duration::from_secs(secs);
         let mut per_msg: HashMap<MessageId, Vec<EntryView<R>>> = HashMap::new();
         for (e, entry) in self.entries.iter() {
             let queue = &self.queues[entry.queue];
@@ -265,8 +277,7 @@ impl<R: Clone> Core<R> {
                 recipients: entry.recipients.clone(),
             });
         }
-        let message_views = self
-            .messages
+        self.messages
             .iter()
             .map(|(id, m)| MessageView {
                 msg: id,
@@ -278,18 +289,7 @@ impl<R: Clone> Core<R> {
                 stage: m.stage.name(),
                 entries: per_msg.remove(&id).unwrap_or_default(),
             })
-            .collect();
-        Snapshot {
-            taken: now,
-            strategy: self.settings.strategy,
-            messages: self.messages.len(),
-            active_limit: self.settings.active_limit,
-            recipients: self.recipient_count,
-            recipient_limit: self.settings.recipient_limit,
-            transports,
-            jobs,
-            message_views,
-        }
+            .collect()
     }
 }
 
