@@ -97,7 +97,8 @@ enum Ev {
 /// A connection's state: waiting to be ready, or delivering.
 struct Agent {
     transport: String,
-    delivery: Option<(EntryId, String)>,
+    /// The entry, its destination, and when the request was sent.
+    delivery: Option<(EntryId, String, Instant)>,
 }
 
 /// The simulator.
@@ -418,7 +419,8 @@ impl Sim {
                         *b += 1;
                         let m = self.report.max_busy.entry(dest.clone()).or_default();
                         *m = (*m).max(*b);
-                        self.agents.get_mut(&id).expect("agent").delivery = Some((e, dest));
+                        self.agents.get_mut(&id).expect("agent").delivery =
+                            Some((e, dest, self.now));
                         self.push(self.now + time, Ev::Done(id));
                     }
                     None => {
@@ -429,7 +431,7 @@ impl Sim {
             }
             Ev::Done(id) => {
                 let agent = self.agents.remove(&id).expect("agent");
-                let (e, dest) = agent.delivery.expect("a delivery in flight");
+                let (e, dest, sent) = agent.delivery.expect("a delivery in flight");
                 *self.busy_per_dest.get_mut(&dest).expect("busy dest") -= 1;
                 let at = self.elapsed();
                 let failure = self.destinations.get(&dest).and_then(|d| d.failure.clone());
@@ -449,6 +451,7 @@ impl Sim {
                         Fate::Deferred(at),
                     ),
                 };
+                self.core.delivery_timed(e, self.now - sent);
                 let (_, recipients) = self.core.delivery_done(e, reply, self.now);
                 for r in recipients {
                     if matches!(fate, Fate::Bounced(_)) {

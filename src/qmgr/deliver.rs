@@ -7,7 +7,7 @@
 
 use super::event::Event;
 use super::{Action, Core, EntryId, MessageId, Reason};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The text prefixed to a destination's failure reason when it is
 /// throttled (`SUSPENDED`).
@@ -45,6 +45,31 @@ impl AgentReply<'static> {
         hop_status: b"",
         hop_reason: b"",
     };
+}
+
+/// How long a queue's or transport's delivery requests took, from the
+/// request written to the reply read: requests answered so far and their
+/// total time. rqmgr-only (Postfix's qmgr keeps no such figure);
+/// `rqmgr status` shows the mean and `rqmgr forecast` uses it as each
+/// destination's speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryTimes {
+    /// Requests that got a reply (crashed or timed-out ones are left out).
+    pub requests: u64,
+    /// Their total time.
+    pub total: Duration,
+}
+
+impl DeliveryTimes {
+    /// The mean time per request, if any was timed.
+    pub fn mean(&self) -> Option<Duration> {
+        (self.requests > 0).then(|| self.total / self.requests.min(u64::from(u32::MAX)) as u32)
+    }
+
+    fn add(&mut self, elapsed: Duration) {
+        self.requests += 1;
+        self.total = self.total.saturating_add(elapsed);
+    }
 }
 
 /// What a reply means (`qmgr_deliver_update`).
@@ -115,6 +140,20 @@ impl<R> Core<R> {
         let t = self.queues[self.entries[e].queue].transport;
         self.unselect_entry(e);
         self.throttle_transport(t, Reason::new("4.3.0", "mail transport unavailable"), now);
+    }
+
+    /// Entry `e`'s request got its reply after `elapsed`: counted in its
+    /// queue's and transport's [`DeliveryTimes`]. Call it before
+    /// [`Core::delivery_done`], for replies only (not for crashes); an
+    /// unknown entry is ignored.
+    pub fn delivery_timed(&mut self, e: EntryId, elapsed: Duration) {
+        let Some(entry) = self.entries.get(e) else {
+            return;
+        };
+        let q = entry.queue;
+        let t = self.queues[q].transport;
+        self.queues[q].times.add(elapsed);
+        self.transports[t].times.add(elapsed);
     }
 
     /// An agent's reply to the request for `e` (`qmgr_deliver_update` +

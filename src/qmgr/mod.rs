@@ -48,7 +48,7 @@ pub mod snapshot;
 pub mod transport;
 
 pub use active::{BounceLog, Fact, Step};
-pub use deliver::{AgentReply, Outcome};
+pub use deliver::{AgentReply, DeliveryTimes, Outcome};
 pub use entry::Entry;
 pub use event::{ClogAdvice, Disposition, Event, FeedbackFn, Trace};
 pub use feedback::Feedback;

@@ -34,6 +34,8 @@ pub(super) struct Queue {
     pub(super) clog_time_to_warn: u64,
     /// This queue's share of its transport's `deliverable`.
     pub(super) contrib: i64,
+    /// Its delivery requests' times so far.
+    pub(super) times: super::DeliveryTimes,
 }
 
 impl<R> Core<R> {
@@ -69,6 +71,7 @@ impl<R> Core<R> {
             blocker_tag: 0,
             clog_time_to_warn: 0,
             contrib: 0,
+            times: super::DeliveryTimes::default(),
         });
         let tr = &mut self.transports[t];
         // New queues go last (both qmgr_queue_create; oqmgr's PREPEND macro

@@ -5,7 +5,7 @@
 //! status and explain requests can never alter what the core decides.
 
 use super::active::Stage;
-use super::{Core, MessageId, Reason, Strategy};
+use super::{Core, DeliveryTimes, MessageId, Reason, Strategy};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -53,6 +53,8 @@ pub struct TransportView {
     pub deliverable: i64,
     /// Unused slots of the transport's in-core recipient pool.
     pub rcpt_unused: i64,
+    /// Its delivery requests' times so far.
+    pub times: DeliveryTimes,
     pub queues: Vec<QueueView>,
 }
 
@@ -79,6 +81,8 @@ pub struct QueueView {
     pub blocker: bool,
     /// When the oldest message with an entry here entered the core.
     pub oldest: Option<Instant>,
+    /// Its delivery requests' times so far.
+    pub times: DeliveryTimes,
 }
 
 /// One nqmgr job (a message's work for a transport).
@@ -124,6 +128,7 @@ pub struct MessageView<R> {
 pub struct EntryView<R> {
     pub transport: Rc<str>,
     pub queue: Rc<str>,
+    pub nexthop: Rc<str>,
     /// With an agent now.
     pub busy: bool,
     /// Waiting: how many entries are ahead of it in the queue's todo list.
@@ -202,6 +207,7 @@ impl<R: Clone> Core<R> {
                     resumes: (queue.window < 0).then(|| timer_at(queue.timer)).flatten(),
                     blocker: queue.blocker_tag == tr.blocker_tag,
                     oldest: oldest.map(at),
+                    times: queue.times,
                 });
             }
             transports.push(TransportView {
@@ -217,6 +223,7 @@ impl<R: Clone> Core<R> {
                 recipient_limit: tr.params.recipient_limit,
                 deliverable: tr.deliverable,
                 rcpt_unused: tr.rcpt_unused,
+                times: tr.times,
                 queues,
             });
         }
@@ -272,6 +279,7 @@ impl<R: Clone> Core<R> {
             per_msg.entry(entry.msg).or_default().push(EntryView {
                 transport: self.transports[queue.transport].name.clone(),
                 queue: queue.name.clone(),
+                nexthop: queue.nexthop.clone(),
                 busy: entry.busy,
                 ahead: ahead.get(&e).copied().unwrap_or(0),
                 recipients: entry.recipients.clone(),

@@ -65,6 +65,9 @@ pub(super) struct Transport {
     pub(super) blocker_tag: u32,
     /// Unused in-core recipient slots of the transport's pool.
     pub(super) rcpt_unused: i64,
+    /// Its delivery requests' times so far (all its queues, also those
+    /// since freed).
+    pub(super) times: super::DeliveryTimes,
 }
 
 impl<R> Core<R> {
@@ -98,6 +101,7 @@ impl<R> Core<R> {
         let t = self.transports.insert(Transport {
             name: name.clone(),
             rcpt_unused: params.rcpt_unused,
+            times: super::DeliveryTimes::default(),
             params,
             pos_feedback: pos,
             neg_feedback: neg,

@@ -442,6 +442,9 @@ impl Daemon {
                 if let Some(m) = &mut self.metrics {
                     m.delivery_time(&transport, elapsed);
                 }
+                if reply.is_some() {
+                    self.core.delivery_timed(entry, elapsed);
+                }
                 self.delivery_done(entry, reply.as_ref());
             }
             Report::Notified { msg, ok } => {

@@ -1,4 +1,5 @@
-//! The status server: answers `rqmgr status` and `rqmgr explain` on
+//! The status server: answers `rqmgr status`, `rqmgr explain` and the
+//! backlog `rqmgr forecast` asks for on
 //! [`crate::status::SOCKET`] (rqmgr-only; the socket follows Postfix's
 //! private sockets, `util/unix_listen.c`: mode 0666 in the 0700 private
 //! directory, owned by mail_owner).
@@ -12,6 +13,7 @@
 
 use super::{Daemon, Report};
 use crate::qmgr::MessageId;
+use crate::status::forecast::Backlog;
 use crate::status::{Answer, Clock, Explain, Request, ScanView, Status};
 use std::rc::Rc;
 use std::time::Duration;
@@ -132,7 +134,7 @@ async fn serve(mut stream: UnixStream, reports: mpsc::UnboundedSender<Report>) {
 
 impl Daemon {
     /// Answers one status request: `status` from the core's summary,
-    /// `explain` from its full snapshot.
+    /// `explain` and `backlog` from its full snapshot.
     pub(super) fn answer(&self, request: &Request) -> Answer {
         let clock = Clock::now();
         match request {
@@ -142,6 +144,7 @@ impl Daemon {
                 self.scan_view(crate::qmgr::scan::ScanQueue::Incoming),
                 self.scan_view(crate::qmgr::scan::ScanQueue::Deferred),
             )),
+            Request::Backlog => Answer::Backlog(self.backlog(&clock)),
             Request::Explain(id) => {
                 let snap = self.core.snapshot(clock.now);
                 let msg = self
@@ -171,6 +174,24 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// The active queue for `rqmgr forecast`, from the core's full
+    /// snapshot (recipients are counted, not sent).
+    fn backlog(&self, clock: &Clock) -> Backlog {
+        let snap = self.core.snapshot(clock.now);
+        let of = |m: MessageId| {
+            self.messages
+                .get(&m)
+                .map(|m| (m.queue_id.clone(), m.env.create_time))
+        };
+        Backlog::from_snapshot(
+            &snap,
+            clock,
+            &of,
+            self.scan_view(crate::qmgr::scan::ScanQueue::Incoming),
+            self.scan_view(crate::qmgr::scan::ScanQueue::Deferred),
+        )
     }
 
     fn scan_view(&self, q: crate::qmgr::scan::ScanQueue) -> ScanView {

@@ -1,11 +1,13 @@
-//! The `rqmgr status` and `rqmgr explain` commands: run by an
+//! The `rqmgr status`, `rqmgr explain` and `rqmgr forecast` commands: run by an
 //! administrator (root or mail_owner), like Postfix's own commands
 //! (`postqueue/postqueue.c`: `-c config_directory`, `MAIL_CONFIG`), they
 //! read main.cf for the queue directory, ask the running rqmgr over
 //! [`super::SOCKET`] and print its answer. For mail the queue manager does
 //! not hold, `explain` looks in the queue directory itself: deferred (due
 //! at the file's modification time, the reason from its defer logfile),
-//! hold, incoming, maildrop.
+//! hold, incoming, maildrop. `forecast` asks for the backlog and runs
+//! the simulator on it here, in the command's memory
+//! ([`super::forecast`]).
 
 use super::{deferlog, text, Answer, Explain, Place, RecipientState, Request, Status};
 use crate::config::{MainCf, Params};
@@ -57,6 +59,18 @@ pub enum AdminCommand {
         /// The message's queue id (as postqueue -p shows it).
         queue_id: String,
     },
+    /// When the active queue would drain, per destination, and which
+    /// messages would pass maximal_queue_lifetime first: the scheduling
+    /// core run on the live backlog in virtual time. Reads only.
+    Forecast {
+        #[arg(short = 'c', value_name = "config_directory")]
+        config_directory: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// What if main.cf said this (repeatable), as `postconf -o`.
+        #[arg(short = 'o', value_name = "name=value")]
+        overrides: Vec<String>,
+    },
 }
 
 /// True if argv (with argv\[0\]) asks for an administrator's command
@@ -65,7 +79,7 @@ pub enum AdminCommand {
 pub fn is_admin_command(args: &[std::ffi::OsString]) -> bool {
     matches!(
         args.get(1).and_then(|a| a.to_str()),
-        Some("status" | "explain")
+        Some("status" | "explain" | "forecast")
     )
 }
 
@@ -149,13 +163,9 @@ impl Instance {
     /// master.cf's process limit of service `name` (type unix), with
     /// `-` as `default_process_limit`.
     pub fn process_limit(&self, master_cf: &str, name: &str) -> Option<i64> {
-        master_cf_lines(master_cf).into_iter().find_map(|l| {
-            let f: Vec<&str> = l.split_ascii_whitespace().collect();
-            (f.len() >= 8 && f[0] == name && f[1] == "unix").then(|| match f[6] {
-                "-" => Some(self.params.default_process_limit),
-                n => n.parse().ok(),
-            })?
-        })
+        process_limits(master_cf, self.params.default_process_limit)
+            .get(name)
+            .copied()
     }
 
     /// `explain` from the queue directory, for a message the daemon does
@@ -287,6 +297,84 @@ fn pending_recipients(path: &Path, id: &str) -> Option<Vec<String>> {
     )
 }
 
+/// master.cf's process limit of each unix service, with `-` as
+/// `default_process_limit` (`default`); lines that do not parse are left
+/// out.
+pub fn process_limits(master_cf: &str, default: i64) -> std::collections::HashMap<String, i64> {
+    master_cf_lines(master_cf)
+        .into_iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            if f.len() < 8 || f[1] != "unix" {
+                return None;
+            }
+            let limit = match f[6] {
+                "-" => default,
+                n => n.parse().ok()?,
+            };
+            Some((f[0].to_string(), limit))
+        })
+        .collect()
+}
+
+/// Regular files under `dir` (a queue, with its hashed subdirectories),
+/// `None` if it cannot be read.
+fn count_files(dir: &Path, depth: u32) -> Option<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_file() => n += 1,
+            Ok(t) if t.is_dir() && depth > 0 => n += count_files(&e.path(), depth - 1).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some(n)
+}
+
+/// Runs `rqmgr forecast [-o name=value]...`: asks the daemon for its
+/// backlog and simulates it under main.cf (with the overrides) and
+/// master.cf's process limits. Reads only.
+pub fn forecast(
+    config_dir: Option<&Path>,
+    overrides: &[String],
+    as_json: bool,
+) -> Result<String, ClientError> {
+    let inst = Instance::open(config_dir)?;
+    let config = |e: crate::config::ConfigError| ClientError::Config(e.to_string());
+    let mut cf = MainCf::load(&inst.config_dir).map_err(config)?;
+    for o in overrides {
+        cf.apply_override(o).map_err(config)?;
+    }
+    // The overridden default_process_limit is the one `-` stands for.
+    let (p, _) = Params::read(&mut cf.clone()).map_err(config)?;
+    let backlog = match inst.ask(&Request::Backlog)? {
+        Answer::Backlog(b) => b,
+        Answer::Error(e) => return Err(ClientError::Answer(e)),
+        _ => return Err(ClientError::Answer("unexpected answer".into())),
+    };
+    let master_cf = std::fs::read_to_string(inst.config_dir.join("master.cf")).unwrap_or_default();
+    let process_limits = process_limits(&master_cf, p.default_process_limit)
+        .into_iter()
+        .map(|(k, v)| (k, v.max(1) as usize))
+        .collect();
+    let queue = |q: &str| count_files(&inst.queue_path(Path::new(q)), 16);
+    let inputs = super::forecast::Inputs {
+        main_cf: cf,
+        overrides: overrides.to_vec(),
+        process_limits,
+        incoming_files: queue(crate::spool::INCOMING),
+        deferred_files: queue(crate::spool::DEFERRED),
+        max_recipients: super::forecast::MAX_RECIPIENTS,
+    };
+    let f = super::forecast::forecast(&backlog, inputs)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    Ok(if as_json {
+        json(&f)
+    } else {
+        super::forecast::text(&f)
+    })
+}
+
 /// master.cf's logical lines: comments and blank lines dropped, a line
 /// starting with white space continues the previous one.
 fn master_cf_lines(text: &str) -> Vec<String> {
@@ -320,7 +408,7 @@ pub fn status(config_dir: Option<&Path>, as_json: bool) -> Result<String, Client
     let mut st: Status = match inst.ask(&Request::Status)? {
         Answer::Status(s) => s,
         Answer::Error(e) => return Err(ClientError::Answer(e)),
-        Answer::Explain(_) => return Err(ClientError::Answer("unexpected answer".into())),
+        _ => return Err(ClientError::Answer("unexpected answer".into())),
     };
     let master_cf = std::fs::read_to_string(inst.config_dir.join("master.cf")).unwrap_or_default();
     for t in &mut st.transports {
@@ -350,7 +438,7 @@ pub fn explain(
         Ok(Answer::Explain(e)) if e.place == Place::Active => Some(e),
         Ok(Answer::Explain(_)) => None,
         Ok(Answer::Error(e)) => return Err(ClientError::Answer(e)),
-        Ok(Answer::Status(_)) => return Err(ClientError::Answer("unexpected answer".into())),
+        Ok(_) => return Err(ClientError::Answer("unexpected answer".into())),
         Err(e) => {
             warning = Some(e.to_string());
             None
@@ -387,6 +475,11 @@ pub fn main(args: Vec<std::ffi::OsString>) -> i32 {
             }
             out
         }),
+        AdminCommand::Forecast {
+            config_directory,
+            json,
+            overrides,
+        } => forecast(config_directory.as_deref(), overrides, *json),
     };
     match result {
         Ok(out) => {

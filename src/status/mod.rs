@@ -8,6 +8,8 @@
 //!   answer is built from the core's [`Snapshot`];
 //! - [`text`]: the answers as plain text for a terminal;
 //! - [`deferlog`]: the defer logfile reader (`global/bounce_log.c`);
+//! - [`forecast`]: `rqmgr forecast`, the simulator run on the daemon's
+//!   backlog;
 //! - [`client`]: the command itself.
 //!
 //! The server is `shell/status.rs`: the daemon answers on the local socket
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod deferlog;
+pub mod forecast;
 pub mod text;
 
 use crate::qmgr::snapshot::{Dead, EntryView, JobView, QueueView, Snapshot, TransportView};
@@ -41,6 +44,8 @@ pub const FORMAT: u32 = 1;
 pub enum Request {
     Status,
     Explain(String),
+    /// The active queue for `rqmgr forecast` ([`forecast::Backlog`]).
+    Backlog,
 }
 
 impl Request {
@@ -52,6 +57,7 @@ impl Request {
         let mut words = line.split_ascii_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("status"), None, _) => Ok(Request::Status),
+            (Some("backlog"), None, _) => Ok(Request::Backlog),
             (Some("explain"), Some(id), None) if crate::spool::queue_id_ok(id) => {
                 Ok(Request::Explain(id.to_string()))
             }
@@ -64,6 +70,7 @@ impl Request {
     pub fn line(&self) -> String {
         match self {
             Request::Status => "status\n".into(),
+            Request::Backlog => "backlog\n".into(),
             Request::Explain(id) => format!("explain {id}\n"),
         }
     }
@@ -75,6 +82,7 @@ impl Request {
 pub enum Answer {
     Status(Status),
     Explain(Explain),
+    Backlog(forecast::Backlog),
     Error(String),
 }
 
@@ -197,6 +205,12 @@ pub struct Transport {
     pub recipient_limit: i64,
     /// Waiting entries over all its destinations.
     pub todo: usize,
+    /// Delivery requests answered so far (all its destinations, also
+    /// those no longer in memory), and their mean time, seconds.
+    #[serde(default)]
+    pub deliveries: u64,
+    #[serde(default)]
+    pub mean_delivery: Option<f64>,
     pub destinations: Vec<Destination>,
 }
 
@@ -230,6 +244,12 @@ pub struct Destination {
     /// since the epoch, and its age then, seconds.
     pub oldest: Option<i64>,
     pub oldest_age: Option<u64>,
+    /// Delivery requests answered so far for this queue, and their mean
+    /// time from request to reply, seconds.
+    #[serde(default)]
+    pub deliveries: u64,
+    #[serde(default)]
+    pub mean_delivery: Option<f64>,
 }
 
 impl Destination {
@@ -278,6 +298,8 @@ fn destination(q: &QueueView, tr: &TransportView, clock: &Clock) -> Destination 
         blocker: q.blocker,
         oldest: q.oldest.map(|t| clock.unix(t)),
         oldest_age: q.oldest.map(|t| age(clock, t)),
+        deliveries: q.times.requests,
+        mean_delivery: q.times.mean().map(|d| d.as_secs_f64()),
     }
 }
 
@@ -319,6 +341,8 @@ impl Status {
                     concurrency_limit: tr.concurrency_limit,
                     recipient_limit: tr.recipient_limit,
                     todo: tr.queues.iter().map(|q| q.todo).sum(),
+                    deliveries: tr.times.requests,
+                    mean_delivery: tr.times.mean().map(|d| d.as_secs_f64()),
                     destinations,
                 }
             })

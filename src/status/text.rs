@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 /// Widest destination column, characters; longer names are cut.
 const MAX_NAME: usize = 40;
 
-fn cut(s: &str, width: usize) -> String {
+pub(crate) fn cut(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         s.to_string()
     } else {
