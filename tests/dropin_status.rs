@@ -10,6 +10,9 @@
 //!   message is on hold;
 //! - a rate-delayed destination shows its next slot;
 //! - behind a full window (slow sink, concurrency 1) `explain` says so;
+//! - with one agent process, a small message names the list's job the
+//!   transport serves first, and then the list names the small job that
+//!   preempted it;
 //! - status queries in a loop during a drain, and garbage on the socket,
 //!   lose and delay no mail: all delivered once, the queue empty, the same
 //!   rqmgr process.
@@ -34,6 +37,10 @@ mod rqmgr {
     #[test]
     fn explain_behind_a_full_window() {
         super::explain_behind_a_full_window(crate::support::Qmgr::Rqmgr)
+    }
+    #[test]
+    fn explain_names_the_job_in_the_way() {
+        super::explain_names_the_job_in_the_way(crate::support::Qmgr::Rqmgr)
     }
     #[test]
     fn status_queries_during_a_drain_change_nothing() {
@@ -273,6 +280,94 @@ fn explain_behind_a_full_window(q: Qmgr) {
         inst.wait_removed(id);
         inst.assert_delivered(id, &from, "smtp", &["s@slow.example"]);
     }
+    inst.wait_queue_empty();
+}
+
+/// nqmgr's job scheduling, seen from `explain`: transport `one` (one
+/// agent process, `one_destination_recipient_limit = 1`, so every
+/// recipient has its own queue and no window fills) takes a list of 16
+/// recipients to the slow sink (2 s each; at least
+/// transport_minimum_delivery_slots × delivery_slot_cost = 15, or it
+/// cannot be preempted); a three-recipient message sent meanwhile first
+/// waits while the transport serves the list's job, then preempts it
+/// (qmgr_job.c), and while its job has entries left, the list's
+/// recipients say which job preempted them. The small message is done
+/// before the list is.
+fn explain_names_the_job_in_the_way(q: Qmgr) {
+    const LIST: usize = 16;
+    let inst = Instance::start(
+        Opts::new("status-jobs", q)
+            .slow_sink(2)
+            .service("one       unix  -       -       n       -       1       smtp")
+            .transport("big.example", "one:[127.0.0.1]:{slow_sink_port}")
+            .main_cf("one_destination_recipient_limit", "1")
+            .timeout(Duration::from_secs(120)),
+    );
+    let from = inst.local_addr("sender");
+    let list: Vec<String> = (0..LIST).map(|i| format!("r{i}@big.example")).collect();
+    let list_refs: Vec<&str> = list.iter().map(String::as_str).collect();
+    let token = inst.unique_token("list");
+    let big = inst.send_smtp(&from, &list_refs, "list", &token);
+    inst.wait_for_line("the list's first delivery", |l| {
+        l.queue_id() == Some(big.as_str()) && l.is_delivery() && l.status() == Some("sent")
+    });
+    let token = inst.unique_token("small");
+    let few = ["s0@big.example", "s1@big.example", "s2@big.example"];
+    let small = inst.send_smtp(&from, &few, "small", &token);
+    // The small message: the transport serves the list's job first, until
+    // it preempts it and is delivered.
+    let mut seen_blocked = None;
+    let mut seen_preempted = None;
+    inst.wait_progress("explain shows both jobs' states", || {
+        if seen_blocked.is_none() {
+            let r = explain_json(&inst, &small)["recipients"][0].clone();
+            if r["state"] == "blocked" && r["job"] == big.as_str() {
+                seen_blocked = Some(r);
+            }
+        }
+        if seen_preempted.is_none() {
+            let e = explain_json(&inst, &big);
+            seen_preempted = e["recipients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["state"] == "preempted")
+                .cloned();
+        }
+        match (&seen_blocked, &seen_preempted) {
+            (Some(_), Some(_)) => Ok(()),
+            (b, p) => Err(format!("blocked {b:?}, preempted {p:?}")),
+        }
+    });
+    let blocked = seen_blocked.unwrap();
+    inst.check(
+        blocked["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("transport one serves job {big} first"))),
+        &format!("the small message names the list's job: {blocked}"),
+    );
+    let preempted = seen_preempted.unwrap();
+    inst.check(
+        preempted["job"] == small.as_str()
+            && preempted["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&format!("job preempted by job {small}"))),
+        &format!("the list names the small message's job: {preempted}"),
+    );
+    inst.wait_removed(&small);
+    inst.wait_removed(&big);
+    let lines = inst.log_lines();
+    let removed = |id: &str| {
+        lines
+            .iter()
+            .position(|l| l.is_removed() && l.queue_id() == Some(id))
+    };
+    inst.check(
+        removed(&small) < removed(&big),
+        "the small message went out before the list was done",
+    );
+    inst.assert_delivered(&small, &from, "smtp", &few);
+    inst.assert_delivered(&big, &from, "smtp", &list_refs);
     inst.wait_queue_empty();
 }
 
