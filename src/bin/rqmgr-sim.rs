@@ -27,6 +27,7 @@
 use rqmgr::config::{MainCf, Params, TransportTable};
 use rqmgr::qmgr::{Event, Reason, Settings, Strategy};
 use rqmgr::sim::{Destination, Fate, Sim, SimMessage};
+use rqmgr::status::destination_label;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -179,25 +180,6 @@ fn parse_workload(text: &str) -> Result<Workload, WorkloadError> {
         }
     }
     Ok(w)
-}
-
-/// What a queue of the destination table stands for: queues of the
-/// `retry` and `error` transports that qmgr itself fills are named after
-/// the reason it defers or bounces their mail with (`"4.4.1 text"`,
-/// `qmgr_error_nexthop`), not after a destination.
-fn destination_label(transport: &str, queue: &str) -> String {
-    let b = queue.as_bytes();
-    let dsn_named = b.len() > 6
-        && matches!(b[0], b'4' | b'5')
-        && b[1] == b'.'
-        && queue[2..].split_once(' ').is_some_and(|(code, _)| {
-            code.split('.').count() == 2 && code.split('.').all(|p| p.parse::<u16>().is_ok())
-        });
-    match transport {
-        "retry" if dsn_named => format!("(deferred by qmgr: {queue})"),
-        "error" if dsn_named => format!("(bounced by qmgr: {queue})"),
-        _ => queue.to_string(),
-    }
 }
 
 fn fmt_secs(d: Duration) -> String {
@@ -383,20 +365,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_qmgr_queues() {
-        assert_eq!(
-            destination_label("retry", "4.4.1 connect to x: refused"),
-            "(deferred by qmgr: 4.4.1 connect to x: refused)"
-        );
-        assert_eq!(
-            destination_label("error", "5.1.3 bad address syntax"),
-            "(bounced by qmgr: 5.1.3 bad address syntax)"
-        );
-        assert_eq!(destination_label("error", "error.example"), "error.example");
-        assert_eq!(destination_label("smtp", "4.4.1 x"), "4.4.1 x");
-    }
 
     #[test]
     fn parses_the_documented_example() {

@@ -534,7 +534,7 @@ pub fn text(f: &Forecast) -> String {
             out,
             "{:<10} {:<40} {:>6} {:>14} {}",
             d.transport,
-            super::text::cut(&d.destination, 40),
+            super::text::cut(&super::destination_label(&d.transport, &d.destination), 40),
             d.recipients,
             speed,
             done

@@ -456,6 +456,27 @@ pub struct RecipientState {
     pub job: Option<String>,
 }
 
+/// What a queue of the destination table stands for: queues of the
+/// `retry` and `error` transports that qmgr itself fills are named after
+/// the reason it defers or bounces their mail with (`"4.4.1 text"`,
+/// `qmgr_error_nexthop`), not after a destination: shown as
+/// `(deferred by qmgr: ...)` and `(bounced by qmgr: ...)` by `rqmgr
+/// status`, `rqmgr forecast` and `rqmgr-sim`; other queues as they are.
+pub fn destination_label(transport: &str, queue: &str) -> String {
+    let b = queue.as_bytes();
+    let dsn_named = b.len() > 6
+        && matches!(b[0], b'4' | b'5')
+        && b[1] == b'.'
+        && queue[2..].split_once(' ').is_some_and(|(code, _)| {
+            code.split('.').count() == 2 && code.split('.').all(|p| p.parse::<u16>().is_ok())
+        });
+    match transport {
+        "retry" if dsn_named => format!("(deferred by qmgr: {queue})"),
+        "error" if dsn_named => format!("(bounced by qmgr: {queue})"),
+        _ => queue.to_string(),
+    }
+}
+
 /// The time `t` (seconds since the epoch) as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc(t: i64) -> String {
     let days = t.div_euclid(86_400);

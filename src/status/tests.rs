@@ -28,7 +28,12 @@ fn requests() {
     assert!(Request::parse(b"explain\n").is_err());
     assert!(Request::parse(b"status now\n").is_err());
     assert!(Request::parse(b"\xff\xfe").is_err());
-    for r in [Request::Status, Request::Explain("ABC".into())] {
+    assert_eq!(Request::parse(b"backlog\n"), Ok(Request::Backlog));
+    for r in [
+        Request::Status,
+        Request::Explain("ABC".into()),
+        Request::Backlog,
+    ] {
         assert_eq!(Request::parse(r.line().as_bytes()), Ok(r));
     }
 }
@@ -186,5 +191,42 @@ fn explain_names_the_job_served_first() {
             "M2: active\n  r3@x: in active, in the todo list of smtp:c.example behind 0 entries"
         ),
         "{text}"
+    );
+}
+
+#[test]
+fn labels_qmgr_queues() {
+    assert_eq!(
+        destination_label("retry", "4.4.1 connect to x: refused"),
+        "(deferred by qmgr: 4.4.1 connect to x: refused)"
+    );
+    assert_eq!(
+        destination_label("error", "5.1.3 bad address syntax"),
+        "(bounced by qmgr: 5.1.3 bad address syntax)"
+    );
+    assert_eq!(destination_label("error", "error.example"), "error.example");
+    assert_eq!(destination_label("smtp", "4.4.1 x"), "4.4.1 x");
+}
+
+#[test]
+fn retry_queues_are_labelled_for_what_they_are() {
+    let now = Instant::now();
+    let mut c = core(now);
+    message(
+        &mut c,
+        now,
+        &[("retry", "4.4.1 connect refused", "a@dead.example", 0)],
+    );
+    let snap = c.summary(now);
+    let st = Status::from_snapshot(&snap, &clock(now), ScanView::default(), ScanView::default());
+    let text = text::status(&st);
+    assert!(
+        text.contains("retry:(deferred by qmgr: 4.4.1 connec..."),
+        "{text}"
+    );
+    // The JSON keeps the queue's name.
+    assert_eq!(
+        st.transports[0].destinations[0].name,
+        "4.4.1 connect refused"
     );
 }

@@ -2,7 +2,9 @@
 //! terminal: short lines, most stuck first, times in UTC with the time
 //! left. rqmgr-only; the column names are qmgr's terms (`qmgr/qmgr.h`).
 
-use super::{short_duration, utc, Destination, Explain, ScanView, Status, Transport};
+use super::{
+    destination_label, short_duration, utc, Destination, Explain, ScanView, Status, Transport,
+};
 use std::fmt::Write as _;
 
 /// Widest destination column, characters; longer names are cut.
@@ -182,7 +184,7 @@ pub fn status(s: &Status) -> String {
     });
     let nw = dests
         .iter()
-        .map(|(t, d)| t.name.len() + 1 + d.name.chars().count())
+        .map(|(t, d)| t.name.len() + 1 + destination_label(&t.name, &d.name).chars().count())
         .max()
         .unwrap_or(0)
         .clamp("DESTINATION".len(), MAX_NAME);
@@ -192,7 +194,10 @@ pub fn status(s: &Status) -> String {
         "DESTINATION", "TODO", "RCPTS", "BUSY", "WINDOW", "FEEDBACK", "OLDEST"
     );
     for (t, d) in dests {
-        let name = cut(&format!("{}:{}", t.name, d.name), nw);
+        let name = cut(
+            &format!("{}:{}", t.name, destination_label(&t.name, &d.name)),
+            nw,
+        );
         let window = if d.limit > 0 {
             format!("{}/{}", d.window, d.limit)
         } else {
