@@ -6,7 +6,9 @@
 //! garbage, half an answer, or slowly). Also trivial-rewrite down, slow
 //! or answering garbage; bounce, defer and trace down; bounce answering
 //! garbage or slowly (a fake that passes requests on to the real bounce
-//! service); 2000 messages stuck behind a silent agent. Each test also runs
+//! service); verify(8) down when qmgr records a probe's result itself,
+//! and flush(8) down when it defers a fast_flush_domains recipient
+//! itself; 2000 messages stuck behind a silent agent. Each test also runs
 //! against Postfix's qmgr and oqmgr, which shows what Postfix does.
 
 #[macro_use]
@@ -35,6 +37,8 @@ dropin_tests!(
     trace_service_down,
     bounce_service_answers_garbage,
     bounce_service_answers_slowly,
+    verify_service_down,
+    flush_service_down,
     memory_bounded_with_2000_stuck_messages,
 );
 
@@ -832,6 +836,121 @@ fn bounce_service_answers_slowly(q: Qmgr) {
     let warnings = qmgr_warnings(&inst.log_lines());
     inst.check(warnings.is_empty(), &format!("no warning: {warnings:?}"));
     inst.check(fake.requests().len() == 1, "one request");
+}
+
+// ---- verify, flush -------------------------------------------------------------
+
+/// Route `nosuch.example` goes to a transport without an agent, and
+/// there is no `retry` service, so the queue manager defers its mail
+/// itself (`qmgr_defer_recipient` -> `defer_append`, which reports a
+/// probe to verify(8) and other mail's domain to flush(8)); the queue
+/// manager's `param` names a service that does not exist.
+fn own_deferral_opts(name: &str, q: &Qmgr, param: &str) -> Opts {
+    service_down_opts(name, q, param)
+        .omit_service("retry")
+        .transport("nosuch.example", "nosuch:")
+}
+
+/// The queue manager's warnings for the missing transport, and for the
+/// missing `retry` it then routes the mail through.
+const NO_TRANSPORT: [&str; 2] = [
+    "connect to transport private/nosuch: No such file or directory",
+    "connect to transport private/retry: No such file or directory",
+];
+
+/// verify(8) is down for qmgr when it must record a probe's result
+/// itself: like trivial-rewrite, the verify client keeps connecting, 10 s
+/// apart (`connect #N to subsystem private/gone: ...`; Postfix's qmgr
+/// blocks there) and the probe waits. Once the service is back (a
+/// symlink to the real one) the result is recorded
+/// (`status=undeliverable`), SMTP gets it back, the mail sent meanwhile
+/// is delivered and the queue is empty.
+fn verify_service_down(q: Qmgr) {
+    let inst = Instance::start(
+        own_deferral_opts("verifydown", &q, "address_verify_service_name").main_cf(
+            "smtpd_recipient_restrictions",
+            "reject_unverified_recipient",
+        ),
+    );
+    let from = inst.local_addr("sender");
+    let probe = "p@nosuch.example";
+    let rcpt = |code: u16| {
+        let mut smtp = inst.smtp();
+        let reply = smtp
+            .expect(Some(&format!("MAIL FROM:<{from}>")), 250)
+            .and_then(|_| smtp.expect(Some(&format!("RCPT TO:<{probe}>")), code));
+        smtp.quit();
+        reply
+    };
+    let first = rcpt(450).unwrap_or_else(|e| inst.fail(&e));
+    inst.check(
+        first.text.contains("unverified address"),
+        &format!("the first RCPT waits for the probe: {}", first.text),
+    );
+    let connect1 = "connect #1 to subsystem private/gone: No such file or directory";
+    inst.wait_for_line("the first failed connect to verify", |l| {
+        l.is_from("qmgr") && l.text.strip_prefix("warning: ") == Some(connect1)
+    });
+    let token = inst.unique_token("verifydown");
+    let other = inst.sendmail(&from, &["d@discard.example"], "verifydown", &token);
+    let queued: usize = inst.queue_listing().values().map(Vec::len).sum();
+    inst.check(queued >= 1, "the probe is still queued");
+    std::os::unix::fs::symlink("verify", inst.spool().join("private/gone"))
+        .expect("symlink private/gone");
+    let line = inst.wait_for_line("the probe's result", |l| {
+        l.field("to") == Some(format!("<{probe}>").as_str()) && l.status() == Some("undeliverable")
+    });
+    inst.check(
+        line.is_from("qmgr") && line.reason() == Some("mail transport unavailable"),
+        &format!("qmgr records the probe: {}", line.raw),
+    );
+    inst.wait_removed(&other);
+    inst.wait_queue_empty();
+    inst.wait_progress(
+        "verify(8) to answer with the recorded reason",
+        || match rcpt(450) {
+            Ok(r) if r.text.contains("mail transport unavailable") => Ok(()),
+            Ok(r) => Err(r.text),
+            Err(e) => Err(e),
+        },
+    );
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let mut expected: Vec<String> = NO_TRANSPORT.iter().map(|w| w.to_string()).collect();
+    expected.extend(
+        (1..warnings.len().saturating_sub(1))
+            .map(|n| format!("connect #{n} to subsystem private/gone: No such file or directory")),
+    );
+    inst.check(
+        warnings == expected,
+        &format!("the transport's and the numbered connect warnings: {warnings:?}"),
+    );
+}
+
+/// flush(8) is down for qmgr when it defers a recipient of a
+/// fast_flush_domains site itself: `defer_append`'s flush_add fails with
+/// mail_command_client's warning (`connect to public/gone: ...`) and
+/// `ID: gone service failure`; the recipient is still deferred, the
+/// message kept, other mail delivered.
+fn flush_service_down(q: Qmgr) {
+    let inst = Instance::start(
+        own_deferral_opts("flushdown", &q, "flush_service_name")
+            .main_cf("fast_flush_domains", "nosuch.example"),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("flushdown");
+    let id = inst.sendmail(&from, &["u@nosuch.example"], "flushdown", &token);
+    let deferred = wait_deferred(&inst, &id);
+    check_deferred_with(&inst, &id, &deferred, 1, "mail transport unavailable");
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let mut expected: Vec<String> = NO_TRANSPORT.iter().map(|w| w.to_string()).collect();
+    expected.push("connect to public/gone: No such file or directory".to_string());
+    expected.push(format!("{id}: gone service failure"));
+    inst.check(
+        warnings == expected,
+        &format!("Postfix's warnings {expected:?}, saw {warnings:?}"),
+    );
+    others_keep_delivering(&inst);
+    still_queued(&inst, &id);
 }
 
 // ---- memory ------------------------------------------------------------------
