@@ -3,8 +3,13 @@
 //! middle of a delivery), and with fakes served by the test where a real
 //! Postfix cannot misbehave (tests/support/fake.rs: an agent that hangs
 //! up, never announces itself, never reads, never answers, answers
-//! garbage, half an answer, or slowly). Each test also runs against
-//! Postfix's qmgr and oqmgr, which shows what Postfix does.
+//! garbage, half an answer, or slowly). Also trivial-rewrite down, slow
+//! or answering garbage; bounce, defer and trace down; bounce answering
+//! garbage or slowly (a fake that passes requests on to the real bounce
+//! service); verify(8) down when qmgr records a probe's result itself,
+//! and flush(8) down when it defers a fast_flush_domains recipient
+//! itself; 2000 messages stuck behind a silent agent. Each test also runs
+//! against Postfix's qmgr and oqmgr, which shows what Postfix does.
 
 #[macro_use]
 mod support;
@@ -30,6 +35,10 @@ dropin_tests!(
     bounce_service_down,
     defer_service_down,
     trace_service_down,
+    bounce_service_answers_garbage,
+    bounce_service_answers_slowly,
+    verify_service_down,
+    flush_service_down,
     memory_bounded_with_2000_stuck_messages,
 );
 
@@ -638,19 +647,25 @@ fn trivial_rewrite_answers_slowly(q: Qmgr) {
 
 // ---- bounce, defer, trace ----------------------------------------------------
 
-/// An instance whose queue manager (only) talks to a `service` that does
-/// not exist, as its `param` (e.g. bounce_service_name): the agents still
-/// use the real one.
-fn service_down_opts(name: &str, q: &Qmgr, param: &str) -> Opts {
+/// An instance whose queue manager (only) talks to `service` as its
+/// `param` (e.g. bounce_service_name): the agents still use the real one.
+fn qmgr_service_opts(name: &str, q: &Qmgr, param: &str, service: &str) -> Opts {
     Opts::new(name, q.clone())
-        .qmgr_args(&["-o", &format!("{param}=gone")])
+        .qmgr_args(&["-o", &format!("{param}={service}")])
         .timeout(Duration::from_secs(60))
+}
+
+/// An instance whose queue manager (only) talks to a service that does
+/// not exist, `gone`, as its `param`.
+fn service_down_opts(name: &str, q: &Qmgr, param: &str) -> Opts {
+    qmgr_service_opts(name, q, param, "gone")
 }
 
 /// Checks what an admin sees when qmgr's `what` request failed: Postfix's
 /// `ID: status=deferred (WHAT failed)`, the message kept in deferred, and
-/// other mail still delivered.
-fn check_notice_failed(inst: &Instance, id: &str, what: &str) {
+/// other mail still delivered; the queue manager's only warnings are
+/// `warnings`.
+fn check_notice_failed(inst: &Instance, id: &str, what: &str, warnings: &[&str]) {
     let want = format!("status=deferred ({what} failed)");
     inst.wait_for_line(&format!("qmgr to log `{id}: {want}`"), |l| {
         l.is_from("qmgr") && l.queue_id() == Some(id) && l.body() == want
@@ -662,10 +677,10 @@ fn check_notice_failed(inst: &Instance, id: &str, what: &str) {
         !inst.lines_for(id).iter().any(|l| l.is_removed()),
         "the message was not removed",
     );
-    let warnings = qmgr_warnings(&inst.log_lines());
+    let seen = qmgr_warnings(&inst.log_lines());
     inst.check(
-        warnings.is_empty(),
-        &format!("no warning (Postfix's abounce gives none): {warnings:?}"),
+        seen == warnings,
+        &format!("Postfix's warnings {warnings:?}, saw {seen:?}"),
     );
     others_keep_delivering(inst);
     still_queued(inst, id);
@@ -679,7 +694,7 @@ fn bounce_service_down(q: Qmgr) {
     let from = inst.local_addr("sender");
     let token = inst.unique_token("bouncedown");
     let id = inst.sendmail(&from, &["x@error.example"], "bouncedown", &token);
-    check_notice_failed(&inst, &id, "bounce");
+    check_notice_failed(&inst, &id, "bounce", &[]);
     inst.check(
         inst.queue_ids("bounce").iter().any(|i| i == &id),
         "the bounce log is kept",
@@ -698,7 +713,7 @@ fn defer_service_down(q: Qmgr) {
     let from = inst.local_addr("sender");
     let token = inst.unique_token("deferdown");
     let id = inst.sendmail(&from, &["x@closed.example"], "deferdown", &token);
-    check_notice_failed(&inst, &id, "bounce");
+    check_notice_failed(&inst, &id, "bounce", &[]);
 }
 
 /// The trace service is down for qmgr when a message asked for a delivery
@@ -710,7 +725,232 @@ fn trace_service_down(q: Qmgr) {
     let token = inst.unique_token("tracedown");
     let text = inst.message_text(&from, &["d@discard.example"], "tracedown", &token);
     let id = inst.sendmail_with(&["-v"], &from, &["d@discard.example"], &text, &token);
-    check_notice_failed(&inst, &id, "trace");
+    check_notice_failed(&inst, &id, "trace", &[]);
+}
+
+/// A bounce(8) served by the test as qmgr's bounce_service_name
+/// `fakebounce`: it passes requests on to the real bounce service, except
+/// that the first `garbage_replies` are answered with garbage, and the
+/// others `delay` late.
+fn fake_bounce(
+    inst: &Instance,
+    garbage_replies: usize,
+    delay: Duration,
+) -> support::fake::FakePeer {
+    inst.fake_peer(
+        "fakebounce",
+        Behaviour::Bounce {
+            upstream: inst.spool().join("private/bounce"),
+            garbage_replies,
+            garbage: b"garbage\0x\0\0".to_vec(),
+            delay,
+        },
+    )
+}
+
+/// Sends a message to error.example, which the error agent bounces (with
+/// the real bounce service); returns its queue id and token.
+fn send_bouncing(inst: &Instance, what: &str) -> (String, String) {
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token(what);
+    (
+        inst.sendmail(&from, &["x@error.example"], what, &token),
+        token,
+    )
+}
+
+/// The message is gone with its bounce log, and the sender has the
+/// non-delivery notice for the message marked `token`.
+fn check_notice_returned(inst: &Instance, id: &str, token: &str) {
+    inst.wait_removed(id);
+    inst.wait_until("the non-delivery notice in the sender's mailbox", || {
+        let mbox = inst.mailbox("sender");
+        mbox.contains("Undelivered Mail Returned to Sender") && mbox.contains(token)
+    });
+    inst.check(
+        !inst.queue_ids("bounce").iter().any(|i| i == id),
+        "the bounce log is gone",
+    );
+    inst.wait_queue_empty();
+}
+
+/// The bounce service answers qmgr's request for the non-delivery notice
+/// with garbage: attr_scan0's warning, the message deferred with its
+/// bounce log kept (`bounce failed`), as for a service that is down. On
+/// the next try (`postqueue -f`) the service answers and the notice goes
+/// out.
+fn bounce_service_answers_garbage(q: Qmgr) {
+    let inst = Instance::start(qmgr_service_opts(
+        "bouncegarbage",
+        &q,
+        "bounce_service_name",
+        "fakebounce",
+    ));
+    let fake = fake_bounce(&inst, 1, Duration::ZERO);
+    let (id, token) = send_bouncing(&inst, "bouncegarbage");
+    let bad = "unexpected attribute garbage from private/fakebounce socket (expecting: status)";
+    check_notice_failed(&inst, &id, "bounce", &[bad]);
+    inst.check(
+        inst.queue_ids("bounce").iter().any(|i| i == &id),
+        "the bounce log is kept",
+    );
+    inst.postqueue_f();
+    check_notice_returned(&inst, &id, &token);
+    inst.check(fake.requests().len() == 2, "two requests to the fake");
+    let warnings = qmgr_warnings(&inst.log_lines());
+    inst.check(warnings == [bad], &format!("no new warning: {warnings:?}"));
+}
+
+/// How late the slow bounce service answers: longer than ipc_timeout
+/// (IPC here) and qmgr_ipc_timeout.
+const BOUNCE_DELAY: Duration = Duration::from_secs(4 * IPC);
+
+/// The bounce service answers late (longer than ipc_timeout): the queue
+/// manager waits for it (abounce's own 1000 s limit) without blocking
+/// other mail, then removes the message; no warning, nothing deferred.
+fn bounce_service_answers_slowly(q: Qmgr) {
+    let inst = Instance::start(
+        qmgr_service_opts("bounceslow", &q, "bounce_service_name", "fakebounce")
+            .qmgr_args(&["-o", &format!("ipc_timeout={IPC}s")])
+            .main_cf("qmgr_ipc_timeout", &format!("{IPC}s")),
+    );
+    let fake = fake_bounce(&inst, 0, BOUNCE_DELAY);
+    let (id, token) = send_bouncing(&inst, "bounceslow");
+    inst.wait_until("the request at the fake bounce service", || {
+        !fake.requests().is_empty()
+    });
+    others_keep_delivering(&inst);
+    inst.check(
+        !inst.lines_for(&id).iter().any(|l| l.is_removed()),
+        "the message waits for the late answer",
+    );
+    still_queued(&inst, &id);
+    check_notice_returned(&inst, &id, &token);
+    inst.check(
+        !inst
+            .lines_for(&id)
+            .iter()
+            .any(|l| l.body().starts_with("status=deferred")),
+        "the message was not deferred",
+    );
+    let warnings = qmgr_warnings(&inst.log_lines());
+    inst.check(warnings.is_empty(), &format!("no warning: {warnings:?}"));
+    inst.check(fake.requests().len() == 1, "one request");
+}
+
+// ---- verify, flush -------------------------------------------------------------
+
+/// Route `nosuch.example` goes to a transport without an agent, and
+/// there is no `retry` service, so the queue manager defers its mail
+/// itself (`qmgr_defer_recipient` -> `defer_append`, which reports a
+/// probe to verify(8) and other mail's domain to flush(8)); the queue
+/// manager's `param` names a service that does not exist.
+fn own_deferral_opts(name: &str, q: &Qmgr, param: &str) -> Opts {
+    service_down_opts(name, q, param)
+        .omit_service("retry")
+        .transport("nosuch.example", "nosuch:")
+}
+
+/// The queue manager's warnings for the missing transport, and for the
+/// missing `retry` it then routes the mail through.
+const NO_TRANSPORT: [&str; 2] = [
+    "connect to transport private/nosuch: No such file or directory",
+    "connect to transport private/retry: No such file or directory",
+];
+
+/// verify(8) is down for qmgr when it must record a probe's result
+/// itself: like trivial-rewrite, the verify client keeps connecting, 10 s
+/// apart (`connect #N to subsystem private/gone: ...`; Postfix's qmgr
+/// blocks there) and the probe waits. Once the service is back (a
+/// symlink to the real one) the result is recorded
+/// (`status=undeliverable`), SMTP gets it back, the mail sent meanwhile
+/// is delivered and the queue is empty.
+fn verify_service_down(q: Qmgr) {
+    let inst = Instance::start(
+        own_deferral_opts("verifydown", &q, "address_verify_service_name").main_cf(
+            "smtpd_recipient_restrictions",
+            "reject_unverified_recipient",
+        ),
+    );
+    let from = inst.local_addr("sender");
+    let probe = "p@nosuch.example";
+    let rcpt = |code: u16| {
+        let mut smtp = inst.smtp();
+        let reply = smtp
+            .expect(Some(&format!("MAIL FROM:<{from}>")), 250)
+            .and_then(|_| smtp.expect(Some(&format!("RCPT TO:<{probe}>")), code));
+        smtp.quit();
+        reply
+    };
+    let first = rcpt(450).unwrap_or_else(|e| inst.fail(&e));
+    inst.check(
+        first.text.contains("unverified address"),
+        &format!("the first RCPT waits for the probe: {}", first.text),
+    );
+    let connect1 = "connect #1 to subsystem private/gone: No such file or directory";
+    inst.wait_for_line("the first failed connect to verify", |l| {
+        l.is_from("qmgr") && l.text.strip_prefix("warning: ") == Some(connect1)
+    });
+    let token = inst.unique_token("verifydown");
+    let other = inst.sendmail(&from, &["d@discard.example"], "verifydown", &token);
+    let queued: usize = inst.queue_listing().values().map(Vec::len).sum();
+    inst.check(queued >= 1, "the probe is still queued");
+    std::os::unix::fs::symlink("verify", inst.spool().join("private/gone"))
+        .expect("symlink private/gone");
+    let line = inst.wait_for_line("the probe's result", |l| {
+        l.field("to") == Some(format!("<{probe}>").as_str()) && l.status() == Some("undeliverable")
+    });
+    inst.check(
+        line.is_from("qmgr") && line.reason() == Some("mail transport unavailable"),
+        &format!("qmgr records the probe: {}", line.raw),
+    );
+    inst.wait_removed(&other);
+    inst.wait_queue_empty();
+    inst.wait_progress(
+        "verify(8) to answer with the recorded reason",
+        || match rcpt(450) {
+            Ok(r) if r.text.contains("mail transport unavailable") => Ok(()),
+            Ok(r) => Err(r.text),
+            Err(e) => Err(e),
+        },
+    );
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let mut expected: Vec<String> = NO_TRANSPORT.iter().map(|w| w.to_string()).collect();
+    expected.extend(
+        (1..warnings.len().saturating_sub(1))
+            .map(|n| format!("connect #{n} to subsystem private/gone: No such file or directory")),
+    );
+    inst.check(
+        warnings == expected,
+        &format!("the transport's and the numbered connect warnings: {warnings:?}"),
+    );
+}
+
+/// flush(8) is down for qmgr when it defers a recipient of a
+/// fast_flush_domains site itself: `defer_append`'s flush_add fails with
+/// mail_command_client's warning (`connect to public/gone: ...`) and
+/// `ID: gone service failure`; the recipient is still deferred, the
+/// message kept, other mail delivered.
+fn flush_service_down(q: Qmgr) {
+    let inst = Instance::start(
+        own_deferral_opts("flushdown", &q, "flush_service_name")
+            .main_cf("fast_flush_domains", "nosuch.example"),
+    );
+    let from = inst.local_addr("sender");
+    let token = inst.unique_token("flushdown");
+    let id = inst.sendmail(&from, &["u@nosuch.example"], "flushdown", &token);
+    let deferred = wait_deferred(&inst, &id);
+    check_deferred_with(&inst, &id, &deferred, 1, "mail transport unavailable");
+    let warnings = qmgr_warnings(&inst.log_lines());
+    let mut expected: Vec<String> = NO_TRANSPORT.iter().map(|w| w.to_string()).collect();
+    expected.push("connect to public/gone: No such file or directory".to_string());
+    expected.push(format!("{id}: gone service failure"));
+    inst.check(
+        warnings == expected,
+        &format!("Postfix's warnings {expected:?}, saw {warnings:?}"),
+    );
+    others_keep_delivering(&inst);
+    still_queued(&inst, &id);
 }
 
 // ---- memory ------------------------------------------------------------------

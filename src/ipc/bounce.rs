@@ -154,6 +154,19 @@ pub async fn call(service: &str, request: &[u8], timeout: Duration) -> Result<i3
     super::command(CLASS_PRIVATE, service, PROTOCOL, request, timeout).await
 }
 
+/// [`call`] for an APPEND (`bounce_append`, `defer_append`,
+/// `trace_append` use `mail_command_client`): a failure is also logged
+/// in its words (`connect to private/defer: No such file or directory`).
+///
+/// Errors: as [`call`].
+async fn append_call(
+    service: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<i32, ServiceError> {
+    super::command_client(CLASS_PRIVATE, service, PROTOCOL, request, timeout).await
+}
+
 /// The time stamps qmgr knows for its own log lines: arrival in the queue
 /// and arrival in qmgr's memory, as (seconds, microseconds).
 #[derive(Debug, Clone, Copy)]
@@ -300,7 +313,7 @@ pub async fn trace_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Result
         reason.extend_from_slice(&dsn.reason);
         d.reason = reason;
     }
-    match call(
+    match append_call(
         &svc.trace,
         &append_request(r.flags, r.queue_id, r.rcpt, &d),
         svc.timeout,
@@ -402,7 +415,7 @@ pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Dispos
         };
     }
     d.action = b"delayed".to_vec();
-    match call(
+    match append_call(
         &svc.defer,
         &append_request(flags, queue_id, rcpt, &d),
         svc.timeout,

@@ -32,7 +32,8 @@ impl Flush {
     /// matches `site` (or only flush(8) can tell, for a table); else the
     /// site is not eligible.
     ///
-    /// Errors: [`ServiceError`] when the service cannot be asked.
+    /// Errors: [`ServiceError`] when the service cannot be asked (logged
+    /// as `mail_command_client` does).
     pub async fn add(&self, site: &str, queue_id: &str) -> Result<i32, ServiceError> {
         if self.domains.is_empty() || self.domains.verdict(site) == Verdict::NoMatch {
             return Ok(STAT_DENY);
@@ -42,7 +43,7 @@ impl Flush {
             .str("site", site.as_bytes())
             .str("queue_id", queue_id.as_bytes())
             .end();
-        super::command(
+        super::command_client(
             CLASS_PUBLIC,
             &self.service,
             PROTOCOL,

@@ -234,17 +234,107 @@ impl ServiceError {
     pub fn no_such_socket(&self) -> bool {
         matches!(self, ServiceError::Connect { text, .. } if text == "No such file or directory")
     }
+
+    /// A failure a persistent client does not report the first time
+    /// (errno ENOENT or EPIPE: the service went away, or closed an idle
+    /// connection).
+    pub fn gone_away(&self) -> bool {
+        self.no_such_socket()
+            || matches!(self, ServiceError::Write { text, .. } if text == "Broken pipe")
+    }
 }
 
-/// One request to a Postfix service (`mail_command_client`): connect to
-/// `class/service`, read its `protocol` announcement, send `request` (one
-/// encoded attribute list), read the `status` reply. Each read and each
-/// write is limited by `timeout`, as the stream timeouts that
-/// `global/timed_ipc.c` sets (`global/mail_command_client.c`).
+/// One request to a Postfix service, silent about failures (as
+/// `global/abounce.c` is): connect to `class/service`, read its `protocol`
+/// announcement, send `request` (one encoded attribute list), read the
+/// `status` reply. Each read and each write is limited by `timeout`, as
+/// the stream timeouts that `global/timed_ipc.c` sets.
 ///
 /// Errors: [`ServiceError`] for a failed connect, write or read (protocol
 /// or timeout).
 pub async fn command(
+    class: &'static str,
+    service: &str,
+    protocol: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<i32, ServiceError> {
+    let mut peer = Peer::connect(class, service)
+        .await
+        .map_err(|e| ServiceError::Connect {
+            class,
+            service: service.to_string(),
+            text: crate::log::errno_text(&e),
+        })?;
+    exchange(&mut peer, class, service, protocol, request, timeout).await
+}
+
+/// [`command`] as `global/mail_command_client.c` does it: a failure is
+/// logged with attr_scan0's warning for an unusable answer, and with the
+/// client's own for a failed connect (`connect to public/flush: No such
+/// file or directory`) or write (`write private/defer socket: Broken
+/// pipe`).
+///
+/// Errors: as [`command`].
+pub async fn command_client(
+    class: &'static str,
+    service: &str,
+    protocol: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<i32, ServiceError> {
+    let result = command(class, service, protocol, request, timeout).await;
+    match &result {
+        Err(e @ ServiceError::Connect { .. }) => tracing::warn!("{e}"),
+        Err(ServiceError::Write { text, .. }) => {
+            tracing::warn!("write {class}/{service} socket: {text}")
+        }
+        Err(ServiceError::Read { error, .. }) => {
+            if let Some(w) = error.warning(&format!("{class}/{service} socket")) {
+                tracing::warn!("{w}");
+            }
+        }
+        Ok(_) | Err(ServiceError::Status { .. }) => {}
+    }
+    result
+}
+
+/// Pause between failed connects (`mail_connect_wait`).
+pub const CONNECT_RETRY: Duration = Duration::from_secs(10);
+
+/// Connects to `class/service` as `global/mail_connect.c:mail_connect_wait`
+/// does: a failed connect is logged (`connect #N to subsystem
+/// private/verify: No such file or directory`) and retried after
+/// [`CONNECT_RETRY`], spent in `pause`. Postfix ends the process at the
+/// 11th attempt; rqmgr keeps trying.
+pub async fn connect_wait<F, Fut>(class: &str, service: &str, mut pause: F) -> Peer
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut attempt = 0;
+    loop {
+        match Peer::connect(class, service).await {
+            Ok(p) => return p,
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(
+                    "connect #{attempt} to subsystem {class}/{service}: {}",
+                    crate::log::errno_text(&e)
+                );
+                pause(CONNECT_RETRY).await;
+            }
+        }
+    }
+}
+
+/// One request on a connected `peer`: read the `protocol` announcement,
+/// send `request`, read the `status` reply, each step limited by
+/// `timeout`.
+///
+/// Errors: [`ServiceError`] for a failed write or read.
+pub async fn exchange(
+    peer: &mut Peer,
     class: &'static str,
     service: &str,
     protocol: &str,
@@ -256,13 +346,6 @@ pub async fn command(
         service: service.to_string(),
         error,
     };
-    let mut peer = Peer::connect(class, service)
-        .await
-        .map_err(|e| ServiceError::Connect {
-            class,
-            service: service.to_string(),
-            text: crate::log::errno_text(&e),
-        })?;
     attr::read_announcement_with(&mut peer.reader, protocol, Some(timeout))
         .await
         .map_err(read)?;

@@ -45,8 +45,6 @@ pub struct Resolved {
 }
 
 const CACHE_TTL: Duration = Duration::from_secs(30);
-/// Pause between failed connects (`mail_connect_wait`).
-const CONNECT_RETRY: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 100_000;
 
 type CacheKey = (Class, Vec<u8>, Vec<u8>);
@@ -144,21 +142,8 @@ impl Resolver {
             }
         }
         if self.conn.is_none() {
-            let mut attempt = 0;
-            let mut peer = loop {
-                match Peer::connect(CLASS_PRIVATE, &self.service).await {
-                    Ok(p) => break p,
-                    Err(e) => {
-                        attempt += 1;
-                        tracing::warn!(
-                            "connect #{attempt} to subsystem {CLASS_PRIVATE}/{}: {}",
-                            self.service,
-                            crate::log::errno_text(&e)
-                        );
-                        self.pause(CONNECT_RETRY).await;
-                    }
-                }
-            };
+            let mut peer =
+                super::connect_wait(CLASS_PRIVATE, &self.service, |d| self.pause(d)).await;
             super::attr::read_announcement_with(&mut peer.reader, PROTOCOL, Some(self.timeout))
                 .await
                 .map_err(|e| self.protocol(e))?;

@@ -34,10 +34,12 @@ pub struct Verify {
 
 impl Verify {
     /// `verify_clnt_update`: records `status` and `why` for `address`.
-    /// Like Postfix, retries every second until verify(8) answers; a
-    /// failure other than a missing socket or a broken pipe is logged as
-    /// `warning: problem talking to service verify: ...`. Returns the
-    /// service's status ([`STAT_OK`] on success).
+    /// Like Postfix, connects as `mail_connect_wait` does (`connect #N to
+    /// subsystem private/verify: ...`, 10 s apart, until it works), and
+    /// retries every second until verify(8) answers; a failure other
+    /// than a broken pipe is logged as `warning: problem talking to
+    /// service verify: ...`. Returns the service's status ([`STAT_OK`] on
+    /// success).
     pub async fn update(&self, address: &[u8], status: RcptStatus, why: &[u8]) -> i32 {
         let mut w = AttrWriter::new();
         w.str("request", b"update")
@@ -46,7 +48,10 @@ impl Verify {
             .str("reason", why)
             .end();
         loop {
-            match super::command(
+            let mut peer =
+                super::connect_wait(CLASS_PRIVATE, &self.service, tokio::time::sleep).await;
+            match super::exchange(
+                &mut peer,
                 CLASS_PRIVATE,
                 &self.service,
                 PROTOCOL,
@@ -57,7 +62,7 @@ impl Verify {
             {
                 Ok(status) => return status,
                 Err(e) => {
-                    if !e.no_such_socket() {
+                    if !e.gone_away() {
                         tracing::warn!(
                             "problem talking to service {}: {}",
                             self.service,

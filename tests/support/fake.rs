@@ -54,7 +54,21 @@ pub enum Behaviour {
         slow: usize,
         delay: Duration,
     },
+    /// A bounce(8) (any of its roles) that passes each request on to the
+    /// real service at `upstream` and its answer back, one request per
+    /// connection. The first `garbage_replies` requests (counted over all
+    /// connections) get `garbage` instead and are not passed on; the
+    /// others are answered `delay` after they were read.
+    Bounce {
+        upstream: PathBuf,
+        garbage_replies: usize,
+        garbage: Vec<u8>,
+        delay: Duration,
+    },
 }
+
+/// bounce(8)'s announcement (`MAIL_ATTR_PROTO_BOUNCE`).
+pub const BOUNCE_HELLO: &[u8] = b"protocol\0delivery_status_protocol\0\0";
 
 /// trivial-rewrite's announcement (`MAIL_ATTR_PROTO_TRIVIAL`).
 pub const REWRITE_HELLO: &[u8] = b"protocol\0trivial_rewrite_protocol\0\0";
@@ -206,11 +220,7 @@ fn serve_one(mut conn: UnixStream, b: &Behaviour, shared: &Shared) {
                 return;
             };
             requests.lock().expect("requests").push(request);
-            let mut waited = Duration::ZERO;
-            while waited < *delay && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                waited += Duration::from_millis(50);
-            }
+            wait(*delay, stop);
             let _ = conn.write_all(reply);
             if !*close {
                 hold(&mut conn, stop, true);
@@ -242,18 +252,73 @@ fn serve_one(mut conn: UnixStream, b: &Behaviour, shared: &Shared) {
                     continue;
                 }
                 if n <= garbage_replies + slow {
-                    let mut waited = Duration::ZERO;
-                    while waited < *delay && !stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(50));
-                        waited += Duration::from_millis(50);
-                    }
+                    wait(*delay, stop);
                 }
                 if conn.write_all(&rewrite_answer(&list)).is_err() {
                     return;
                 }
             }
         }
+        Behaviour::Bounce {
+            upstream,
+            garbage_replies,
+            garbage,
+            delay,
+        } => {
+            if conn.write_all(BOUNCE_HELLO).is_err() {
+                return;
+            }
+            let Some(list) = read_list(&mut conn, &mut Vec::new(), stop) else {
+                return;
+            };
+            let request = encode_list(&list);
+            let n = {
+                let mut r = requests.lock().expect("requests");
+                r.push(request.clone());
+                r.len()
+            };
+            if n <= *garbage_replies {
+                let _ = conn.write_all(garbage);
+                return;
+            }
+            wait(*delay, stop);
+            if let Some(reply) = pass_on(upstream, &request, stop) {
+                let _ = conn.write_all(&reply);
+            }
+        }
     }
+}
+
+/// Sleeps `delay`, or less if the fake stops.
+fn wait(delay: Duration, stop: &AtomicBool) {
+    let mut waited = Duration::ZERO;
+    while waited < delay && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += Duration::from_millis(50);
+    }
+}
+
+/// Sends `request` to the service at `upstream` (after its announcement)
+/// and returns its answer. None if it cannot be reached or hangs up.
+fn pass_on(upstream: &Path, request: &[u8], stop: &AtomicBool) -> Option<Vec<u8>> {
+    let mut conn = UnixStream::connect(upstream).ok()?;
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut pending = Vec::new();
+    read_list(&mut conn, &mut pending, stop)?;
+    conn.write_all(request).ok()?;
+    read_list(&mut conn, &mut pending, stop).map(|l| encode_list(&l))
+}
+
+/// One attribute list on the wire: each name and value NUL-terminated,
+/// then a NUL.
+fn encode_list(list: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for token in list {
+        out.extend_from_slice(token);
+        out.push(0);
+    }
+    out.push(0);
+    out
 }
 
 /// trivial-rewrite's answer to one request (a list of name, value, ...).
