@@ -20,6 +20,7 @@
 
 pub mod fake;
 pub mod log;
+pub mod proxy;
 pub mod sink;
 pub mod smtp;
 pub mod sys;
