@@ -23,6 +23,7 @@ dropin_tests!(
     bounces_to_sender_mailbox,
     defers_and_retries_on_flush,
     delivers_mail_piled_up_while_qmgr_was_off,
+    delivers_mail_left_in_active_at_startup,
     moves_damaged_files_to_corrupt,
     delivers_200_messages_from_smtp_source,
     reload_while_deferred_then_flush_retries,
@@ -310,6 +311,98 @@ fn delivers_mail_piled_up_while_qmgr_was_off(q: Qmgr) {
     inst.wait_queue_empty();
     inst.wait_until("smtp-sink to hold 5 messages", || {
         inst.sink.message_count() >= 5
+    });
+    let got = inst.sink.messages();
+    for (_, rcpt, token) in &sent {
+        let copies = got.iter().filter(|m| m.contains(token.as_str())).count();
+        let want = usize::from(rcpt.ends_with("sink.example"));
+        inst.check(
+            copies == want,
+            &format!("smtp-sink got {want} copies of {token}, got {copies}"),
+        );
+    }
+}
+
+/// Mail a queue manager that died left in the active queue is delivered
+/// once each when the next one starts (`qmgr_move`: back to incoming,
+/// time-stamped now, so that even a file whose time stamp says "not due
+/// for a day" goes at once), with no warning. rqmgr moves the files a
+/// batch at a time while it delivers the first ones; the log, the
+/// deliveries and the queue at the end are the same.
+fn delivers_mail_left_in_active_at_startup(q: Qmgr) {
+    const N: usize = 300;
+    let mut inst = Instance::start(
+        Opts::new("leftover", q)
+            .qmgr_disabled()
+            .in_flow_delay_zero(),
+    );
+    let from = inst.local_addr("sender");
+    let mut sent = Vec::new();
+    let mut smtp = inst.smtp();
+    for i in 0..N {
+        let rcpt = if i % 50 == 0 {
+            "left@sink.example"
+        } else {
+            "left@discard.example"
+        };
+        let token = inst.unique_token("leftover");
+        let text = inst.message_text(&from, &[rcpt], "left in active", &token);
+        let id = smtp
+            .send(&from, &[rcpt], &text)
+            .unwrap_or_else(|e| inst.fail(&format!("SMTP submission: {e}")));
+        sent.push((id, rcpt, token));
+    }
+    smtp.quit();
+    inst.wait_until("every message in incoming", || {
+        inst.queue_ids("incoming").len() == N
+    });
+    // What a queue manager killed with a full active queue leaves behind.
+    let active = inst.spool().join("active");
+    for (id, _, _) in &sent {
+        let from_path = inst
+            .queue_file("incoming", id)
+            .unwrap_or_else(|| inst.fail(&format!("{id} not in incoming")));
+        std::fs::rename(&from_path, active.join(id))
+            .unwrap_or_else(|e| inst.fail(&format!("move {id} to active: {e}")));
+    }
+    let tomorrow = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+    std::fs::File::open(active.join(&sent[1].0))
+        .and_then(|f| f.set_modified(tomorrow))
+        .unwrap_or_else(|e| inst.fail(&format!("set the time stamp of {}: {e}", sent[1].0)));
+    inst.check(
+        inst.queue_ids("active").len() == N,
+        "every message in active before the queue manager starts",
+    );
+
+    inst.enable_qmgr();
+    for (id, rcpt, _) in &sent {
+        inst.wait_removed(id);
+        let agent = if rcpt.ends_with("discard.example") {
+            "discard"
+        } else {
+            "smtp"
+        };
+        inst.assert_delivered(id, &from, agent, &[rcpt]);
+    }
+    inst.wait_queue_empty();
+    let warnings: Vec<String> = inst
+        .log_lines()
+        .iter()
+        .filter(|l| {
+            l.is_from("qmgr") && (l.text.starts_with("warning:") || l.text.starts_with("fatal:"))
+        })
+        .map(|l| l.raw.clone())
+        .collect();
+    inst.check(
+        warnings.is_empty(),
+        &format!("no qmgr warning at start-up: {warnings:?}"),
+    );
+    let to_sink = sent
+        .iter()
+        .filter(|(_, r, _)| r.ends_with("sink.example"))
+        .count();
+    inst.wait_until("smtp-sink to hold the messages for sink.example", || {
+        inst.sink.message_count() >= to_sink
     });
     let got = inst.sink.messages();
     for (_, rcpt, token) in &sent {
