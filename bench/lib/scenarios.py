@@ -281,7 +281,7 @@ def drain(ctx, run, p):
 
         log, sampler = begin(ctx, inst, run)
         total = n * rcpts
-        poll = p.get("status_poll") and run.qmgr == "rqmgr"
+        poll = p.get("status_poll") and run.qmgr in ("rqmgr", "before")
         if p.get("status_poll") and not poll:
             run.notes.append("no status queries: only rqmgr answers them")
         c_machine = machine_busy_seconds()

@@ -2,7 +2,7 @@
 //! queue names and ids, hashed paths, the "open ok" readiness test, moves
 //! between queues, time stamps, the bounce and defer logs qmgr looks at,
 //! the queue file qmgr holds open ([`QueueFile`]), startup recovery
-//! ([`recover_active`]) and the directory scanners ([`Scanner`]).
+//! ([`ActiveRecovery`]) and the directory scanners ([`Scanner`]).
 //!
 //! Every operation follows qmgr's one rule ([`must`]): a file that vanished
 //! meanwhile (another process moved or removed it) is not an error; any
@@ -23,7 +23,7 @@ mod scan;
 
 pub use deferred::{DeferredScanner, Next};
 pub use queue_file::{Lock, QueueFile};
-pub use recover::recover_active;
+pub use recover::ActiveRecovery;
 pub use scan::{DirWalk, Scanner};
 
 use crate::proto::queue_mode;
