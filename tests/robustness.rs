@@ -14,7 +14,9 @@ use rqmgr::ipc::bounce::{adhoc_line, format_tv, Stats};
 use rqmgr::ipc::deliver::parse_reply;
 use rqmgr::ipc::rewrite::unquote_822_local;
 use rqmgr::ipc::{dsn_valid, Dsn};
-use rqmgr::qfile::{put_record, read_batch, rec, Envelope, ReadOptions, Recipient, RecordReader};
+use rqmgr::qfile::{
+    put_record, read_batch, rec, Envelope, ReadOptions, Recipient, RecordReader, Text as Field,
+};
 use rqmgr::spool::{queue_id_ok, Spool};
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -343,7 +345,9 @@ fn read_all(bytes: &[u8], claimed_len: u64, limit: usize) -> (Outcome, Envelope,
             }
             Ok(()) => {
                 assert!(all.len() - before <= limit.max(1), "batch over its limit");
-                assert!(env.sender.is_some() && env.arrival.0 != 0 && env.data_offset != 0);
+                assert!(
+                    env.texts.is_set(Field::Sender) && env.arrival.0 != 0 && env.data_offset != 0
+                );
                 if env.rcpt_offset == 0 {
                     return (Outcome::Done(all), env, warned);
                 }
@@ -413,7 +417,7 @@ proptest! {
         };
         prop_assert_eq!(got, b.expect);
         prop_assert_eq!(warned, 0);
-        prop_assert_eq!(env.sender.as_deref(), Some(&plan.sender[..]));
+        prop_assert_eq!(env.texts.get(Field::Sender), Some(&plan.sender[..]));
         prop_assert_eq!(env.arrival, plan.arrival);
         prop_assert_eq!(env.create_time, plan.arrival.0);
         prop_assert_eq!((env.data_offset, env.data_size), (b.data_offset, b.data_size));
@@ -423,10 +427,10 @@ proptest! {
         // batch that fills up in the Milter block ends the reading of
         // non-recipient records (as in Postfix): only recipients are sure.
         if plan.attrs && (plan.mixed || plan.milter.is_empty()) {
-            prop_assert_eq!(&env.encoding[..], b"8bit");
-            prop_assert_eq!(&env.dsn_envid[..], b"env-1");
+            prop_assert_eq!(env.texts.or_empty(Field::Encoding), b"8bit");
+            prop_assert_eq!(env.texts.or_empty(Field::DsnEnvid), b"env-1");
             prop_assert_eq!(env.dsn_ret, 2);
-            prop_assert_eq!(env.rewrite_context.as_deref(), Some(&b"local"[..]));
+            prop_assert_eq!(env.texts.get(Field::RewriteContext), Some(&b"local"[..]));
         }
     }
 

@@ -15,7 +15,7 @@ use crate::proto::bounce::{
 };
 use crate::proto::service::CLASS_PRIVATE;
 use crate::proto::{deliver_flag as del_flag, dsn_notify};
-use crate::qfile::{Envelope, Recipient};
+use crate::qfile::{Envelope, Recipient, Text};
 use std::time::Duration;
 
 /// The bounce service's announcement.
@@ -78,7 +78,7 @@ impl Notice {
     /// (`bounce_notify_proto` / `bounce_verp_proto`).
     pub fn request(&self, queue_id: &str, env: &Envelope) -> Vec<u8> {
         let verp = if self.command() == CMD_VERP {
-            env.verp_delims.as_deref()
+            env.texts.get(Text::VerpDelims)
         } else {
             None
         };
@@ -100,10 +100,10 @@ fn notify_request(
         .int("flags", flags)
         .str("queue_name", b"active")
         .str("queue_id", queue_id.as_bytes())
-        .str("encoding", &env.encoding)
+        .str("encoding", env.texts.or_empty(Text::Encoding))
         .int("smtputf8", env.smtputf8)
-        .str("sender", env.sender.as_deref().unwrap_or(b""))
-        .str("envelope_id", &env.dsn_envid)
+        .str("sender", env.texts.or_empty(Text::Sender))
+        .str("envelope_id", env.texts.or_empty(Text::DsnEnvid))
         .int("ret_flags", env.dsn_ret);
     if let Some(d) = verp {
         w.str("verp_delimiters", d);
@@ -511,10 +511,8 @@ mod tests {
 
     #[test]
     fn notify_request_matches_capture() {
-        let env = Envelope {
-            sender: Some(b"sender@discard.example".as_slice().into()),
-            ..Default::default()
-        };
+        let mut env = Envelope::default();
+        env.texts.set(Text::Sender, b"sender@discard.example");
         let req = Notice::Bounce { verp: false }.request("D637999209F", &env);
         assert_eq!(
             req,

@@ -6,7 +6,7 @@
 use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
 use super::Dsn;
 use crate::proto::{deliver_flag as del_flag, smtputf8};
-use crate::qfile::{Envelope, Recipient};
+use crate::qfile::{Envelope, Recipient, Text};
 use base64::Engine as _;
 
 /// The agent's announcement (`MAIL_ATTR_PROTO_DELIVER`).
@@ -87,15 +87,15 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
                 && std::str::from_utf8(&r.address).is_ok()
             {
                 utf8_flags |= smtputf8::RECIPIENT;
-                if env.verp_delims.is_some() {
+                if env.texts.is_set(Text::VerpDelims) {
                     utf8_flags |= smtputf8::SENDER;
                 }
             }
         }
     }
-    let plain_sender = env.sender.as_deref().unwrap_or(b"");
+    let plain_sender = env.texts.or_empty(Text::Sender);
     let verp;
-    let sender = match (&env.verp_delims, req.recipients.first()) {
+    let sender = match (env.texts.get(Text::VerpDelims), req.recipients.first()) {
         (Some(d), Some(first)) => {
             verp = verp_sender(d, plain_sender, first);
             &verp[..]
@@ -104,15 +104,13 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     };
     let flags = env.tflags
         | req.queue_dflags
-        | if env.inspect.is_some() {
+        | if env.texts.is_set(Text::Inspect) {
             del_flag::BOUNCE
         } else {
             del_flag::DEFLT
         };
     let stats = msg_stats(env.arrival, req.active_arrival);
-    fn s(o: &Option<Box<[u8]>>) -> &[u8] {
-        o.as_deref().unwrap_or(b"")
-    }
+    let s = |t| env.texts.or_empty(t);
     let mut w = AttrWriter::new();
     w.int("flags", flags)
         .str("queue_name", b"active")
@@ -120,24 +118,24 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
         .long("offset", env.data_offset)
         .long("size", env.cont_length)
         .str("nexthop", req.nexthop)
-        .str("encoding", &env.encoding)
+        .str("encoding", s(Text::Encoding))
         .int("smtputf8", utf8_flags)
         .str("sender", sender)
-        .str("envelope_id", &env.dsn_envid)
+        .str("envelope_id", s(Text::DsnEnvid))
         .int("ret_flags", env.dsn_ret)
         .data("time", &stats)
-        .str("log_client_name", s(&env.client_name))
-        .str("log_client_address", s(&env.client_addr))
-        .str("log_client_port", s(&env.client_port))
-        .str("log_protocol_name", s(&env.client_proto))
-        .str("log_helo_name", s(&env.client_helo))
-        .str("sasl_method", s(&env.sasl_method))
-        .str("sasl_username", s(&env.sasl_username))
-        .str("sasl_sender", s(&env.sasl_sender))
-        .str("log_ident", s(&env.log_ident))
+        .str("log_client_name", s(Text::ClientName))
+        .str("log_client_address", s(Text::ClientAddr))
+        .str("log_client_port", s(Text::ClientPort))
+        .str("log_protocol_name", s(Text::ClientProto))
+        .str("log_helo_name", s(Text::ClientHelo))
+        .str("sasl_method", s(Text::SaslMethod))
+        .str("sasl_username", s(Text::SaslUsername))
+        .str("sasl_sender", s(Text::SaslSender))
+        .str("log_ident", s(Text::LogIdent))
         .str(
             "rewrite_context",
-            env.rewrite_context.as_deref().unwrap_or(b"local"),
+            env.texts.get(Text::RewriteContext).unwrap_or(b"local"),
         )
         .int("recipient_count", req.recipients.len() as u32)
         .end();
@@ -221,13 +219,13 @@ mod tests {
 
     #[test]
     fn request_matches_live_capture() {
-        let env = Envelope {
+        let mut env = Envelope {
             data_offset: 375,
             cont_length: 267,
-            sender: Some(b"sender@discard.example".as_slice().into()),
             arrival: (1795393402, 847387),
             ..Default::default()
         };
+        env.texts.set(Text::Sender, b"sender@discard.example");
         let rcpts = vec![Recipient {
             offset: 260,
             dsn_orcpt: b"rfc822;user1@capture.example".as_slice().into(),

@@ -6,7 +6,7 @@
 pub mod envelope;
 pub mod record;
 
-pub use envelope::{read_batch, Envelope, ReadOptions, Recipient, Rejected};
+pub use envelope::{read_batch, Envelope, ReadOptions, Recipient, Rejected, Text, Texts};
 pub use record::{put_record, rec, RecordError, RecordReader};
 
 use std::fs::File;

@@ -8,7 +8,7 @@
 use super::{Daemon, Report};
 use crate::ipc::bounce::{self, Disposal, Disposed, Notice, Stats};
 use crate::ipc::Dsn;
-use crate::qfile::Recipient;
+use crate::qfile::{Recipient, Text};
 use crate::qmgr::{Fact, MessageId, Reason, Step};
 use crate::spool::{self, QueueFile};
 use std::time::Duration;
@@ -55,7 +55,7 @@ impl Daemon {
             Step::ReturnToSender { expiry, verp } => {
                 tracing::info!(
                     "{id}: from=<{}>, status={}, returned to sender",
-                    crate::log::addr(m.env.sender.as_deref().unwrap_or(b"")),
+                    crate::log::addr(m.env.texts.or_empty(Text::Sender)),
                     expiry.as_str()
                 );
                 self.spawn_notice(msg, Notice::Return { verp })

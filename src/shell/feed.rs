@@ -9,7 +9,7 @@
 
 use super::{Daemon, InCore};
 use crate::ipc::rewrite::Class;
-use crate::qfile::{self, ReadOptions, Recipient};
+use crate::qfile::{self, ReadOptions, Recipient, Text};
 use crate::qmgr::active::{feed_due, feed_flags, LOCKED_RETRY_DELAY};
 use crate::qmgr::message::resolve_order;
 use crate::qmgr::scan::ScanQueue;
@@ -170,10 +170,10 @@ impl Daemon {
         let facts = MessageFacts {
             rcpt_unread: env.rcpt_unread,
             more: env.rcpt_offset > 0,
-            verp: env.verp_delims.is_some(),
-            redirect: env.redirect.is_some(),
+            verp: env.texts.is_set(Text::VerpDelims),
+            redirect: env.texts.is_set(Text::Redirect),
             create_time: env.create_time,
-            null_sender: env.sender.as_deref().is_none_or(<[u8]>::is_empty),
+            null_sender: env.texts.or_empty(Text::Sender).is_empty(),
             tflags: env.tflags,
             notify_success: env.rflags & qfile::envelope::READ_FLAG_NOTIFY_SUCCESS != 0,
             trace_record: env.tflags_offset != 0,
@@ -239,10 +239,10 @@ impl Daemon {
         let (sender, tflags, filter, redirect) = {
             let env = &self.messages[&msg].env;
             (
-                env.sender.clone().unwrap_or_default(),
+                Box::<[u8]>::from(env.texts.or_empty(Text::Sender)),
                 env.tflags,
-                env.filter.clone(),
-                env.redirect.clone(),
+                env.texts.get(Text::Filter).map(Box::<[u8]>::from),
+                env.texts.get(Text::Redirect).map(Box::<[u8]>::from),
             )
         };
         let mut batch = Vec::with_capacity(recipients.len());
