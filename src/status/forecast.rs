@@ -242,15 +242,11 @@ pub struct Inputs {
 /// The speed used for destination (`transport`, `nexthop`): measured
 /// there, else its transport's, else assumed; with its source and count.
 fn speed_of(b: &Backlog, transport: &str, nexthop: &str) -> (f64, &'static str, u64) {
-    let find = |n: &str| {
-        b.speeds
-            .iter()
-            .find(|s| s.transport == transport && s.nexthop == n)
-    };
-    if let Some(s) = find(nexthop).filter(|s| s.mean.is_some()) {
+    let measured = |n: &str| find_speed(b, transport, n).filter(|s| s.mean.is_some());
+    if let Some(s) = measured(nexthop) {
         return (s.mean.unwrap_or(ASSUMED_DELIVERY), "measured", s.requests);
     }
-    if let Some(s) = find("").filter(|s| s.mean.is_some()) {
+    if let Some(s) = measured("") {
         return (s.mean.unwrap_or(ASSUMED_DELIVERY), "transport", s.requests);
     }
     (ASSUMED_DELIVERY, "assumed", 0)
@@ -258,13 +254,16 @@ fn speed_of(b: &Backlog, transport: &str, nexthop: &str) -> (f64, &'static str, 
 
 /// Why (`transport`, `nexthop`) fails every attempt now, if it does.
 fn dead_of(b: &Backlog, transport: &str, nexthop: &str) -> Option<DeadView> {
-    let find = |n: &str| {
-        b.speeds
-            .iter()
-            .find(|s| s.transport == transport && s.nexthop == n)
-            .and_then(|s| s.dead.clone())
-    };
-    find(nexthop).or_else(|| find(""))
+    let dead = |n: &str| find_speed(b, transport, n).and_then(|s| s.dead.clone());
+    dead(nexthop).or_else(|| dead(""))
+}
+
+/// The speed entry of (`transport`, `nexthop`); `nexthop` empty: the
+/// transport's own.
+fn find_speed<'a>(b: &'a Backlog, transport: &str, nexthop: &str) -> Option<&'a Speed> {
+    b.speeds
+        .iter()
+        .find(|s| s.transport == transport && s.nexthop == nexthop)
 }
 
 /// The recipients of message `m` as the simulator takes them: its read
