@@ -211,14 +211,43 @@ fn is_digits(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(u8::is_ascii_digit)
 }
 
+/// The number at the start of `s` as `strtol` reads it (leading C white
+/// space, an optional sign, decimal digits) and the offset just after it;
+/// `None` without a digit or when it does not fit an `i64`.
+fn leading_long(s: &[u8]) -> Option<(i64, usize)> {
+    let mut i = s
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+        .unwrap_or(s.len());
+    let negative = match s.get(i) {
+        Some(b'-') => {
+            i += 1;
+            true
+        }
+        Some(b'+') => {
+            i += 1;
+            false
+        }
+        _ => false,
+    };
+    let digits = i;
+    let mut v: i64 = 0;
+    while let Some(&c) = s.get(i).filter(|c| c.is_ascii_digit()) {
+        let d = i64::from(c - b'0');
+        v = v.checked_mul(10)?;
+        v = if negative {
+            v.checked_sub(d)?
+        } else {
+            v.checked_add(d)?
+        };
+        i += 1;
+    }
+    (i > digits).then_some((v, i))
+}
+
+/// `atol`, except that a number too large for an `i64` is 0.
 fn atol(s: &[u8]) -> i64 {
-    let s = String::from_utf8_lossy(s);
-    let t = s.trim_start();
-    let end = t
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
-        .map_or(t.len(), |(i, _)| i);
-    t[..end].parse().unwrap_or(0)
+    leading_long(s).map_or(0, |(v, _)| v)
 }
 
 /// Parses `name=value` as `split_nameval` does.
@@ -766,17 +795,11 @@ enum SizeRecord {
 /// Parses the `C` record like `sscanf("%ld %ld %d %d %ld %d")`: at least
 /// three fields make a modern record; missing trailing fields are 0.
 fn parse_size_record(data: &[u8]) -> SizeRecord {
-    let text = String::from_utf8_lossy(data);
     let mut fields = [0i64; 6];
     let mut count = 0;
-    let mut rest = text.as_ref();
+    let mut rest = data;
     while count < 6 {
-        let t = rest.trim_start();
-        let end = t
-            .char_indices()
-            .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && (c == '-' || c == '+'))))
-            .map_or(t.len(), |(i, _)| i);
-        let Ok(v) = t[..end].parse::<i64>() else {
+        let Some((v, end)) = leading_long(rest) else {
             break;
         };
         // %d fields must fit an int.
@@ -785,7 +808,7 @@ fn parse_size_record(data: &[u8]) -> SizeRecord {
         }
         fields[count] = v;
         count += 1;
-        rest = &t[end..];
+        rest = &rest[end..];
     }
     if count >= 3 {
         SizeRecord::Modern {
@@ -804,6 +827,34 @@ fn parse_size_record(data: &[u8]) -> SizeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_as_strtol_reads_them() {
+        assert_eq!(leading_long(b" \t+42x"), Some((42, 5)));
+        assert_eq!(leading_long(b"\x0b-7 8"), Some((-7, 3)));
+        assert_eq!(leading_long(b"-9223372036854775808"), Some((i64::MIN, 20)));
+        assert_eq!(leading_long(b"9223372036854775808"), None);
+        assert_eq!(leading_long(b"+"), None);
+        assert_eq!(leading_long(b"\xc2\xa012"), None);
+        assert_eq!(atol(b"1795393402.847387"), 1795393402);
+        assert_eq!(atol(b"x"), 0);
+        assert!(matches!(
+            parse_size_record(b"   267   375  1   0  267  0"),
+            SizeRecord::Modern {
+                data_size: 267,
+                data_offset: 375,
+                rcpt_count: 1,
+                rflags: 0,
+                cont_length: 267,
+                smtputf8: 0
+            }
+        ));
+        assert!(matches!(parse_size_record(b"1 2"), SizeRecord::Weird));
+        assert!(matches!(
+            parse_size_record(b"1 2 4294967296"),
+            SizeRecord::Weird
+        ));
+    }
 
     #[test]
     fn texts_set_again_keep_the_others_and_no_stale_bytes() {
