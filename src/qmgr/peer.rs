@@ -4,6 +4,11 @@
 
 use super::list::List;
 use super::{Core, EntryId, JobId, PeerId, QueueId, Trace};
+use std::collections::HashMap;
+
+/// Peers a job may have before it keeps a table of them: a walk of up to
+/// 8 costs less than hashing, and most jobs have one.
+pub(super) const PEER_SCAN_MAX: usize = 8;
 
 /// One job's entries for one destination (`QMGR_PEER`).
 #[derive(Debug)]
@@ -19,7 +24,7 @@ pub(super) struct Peer {
 impl<R> Core<R> {
     /// The peer of `job` for queue `q`, created if new (`qmgr_peer_obtain`).
     pub(super) fn peer_obtain(&mut self, job: JobId, q: QueueId) -> PeerId {
-        if let Some(&p) = self.jobs[job].peer_by_queue.get(&q) {
+        if let Some(p) = self.peer_find(job, q) {
             return p;
         }
         let p = self.peers.insert(Peer {
@@ -28,9 +33,36 @@ impl<R> Core<R> {
             entries: List::default(),
             refcount: 0,
         });
-        self.jobs[job].peers.push_back(&mut self.peer_links, p);
-        self.jobs[job].peer_by_queue.insert(q, p);
+        let j = &mut self.jobs[job];
+        j.peers.push_back(&mut self.peer_links, p);
+        if let Some(index) = &mut j.peer_by_queue {
+            index.insert(q, p);
+        } else if j.peers.len() > PEER_SCAN_MAX {
+            let mut index = HashMap::with_capacity(j.peers.len() * 2);
+            let mut cur = j.peers.first();
+            while let Some(p) = cur {
+                index.insert(self.peers[p].queue, p);
+                cur = self.peer_links.next(p);
+            }
+            j.peer_by_queue = Some(Box::new(index));
+        }
         p
+    }
+
+    /// The peer of `job` for queue `q`, if any (`qmgr_peer_find`).
+    fn peer_find(&self, job: JobId, q: QueueId) -> Option<PeerId> {
+        let j = &self.jobs[job];
+        if let Some(index) = &j.peer_by_queue {
+            return index.get(&q).copied();
+        }
+        let mut cur = j.peers.first();
+        while let Some(p) = cur {
+            if self.peers[p].queue == q {
+                return Some(p);
+            }
+            cur = self.peer_links.next(p);
+        }
+        None
     }
 
     /// Releases a peer with no entries left (`qmgr_peer_free`).
@@ -38,7 +70,9 @@ impl<R> Core<R> {
         let peer = self.peers.remove(p);
         if let Some(job) = self.jobs.get_mut(peer.job) {
             job.peers.remove(&mut self.peer_links, p);
-            job.peer_by_queue.remove(&peer.queue);
+            if let Some(index) = &mut job.peer_by_queue {
+                index.remove(&peer.queue);
+            }
         }
     }
 

@@ -325,6 +325,45 @@ fn enable_all_revives_everything() {
     assert!(!c.transport_dead("smtp"));
 }
 
+/// A job past `PEER_SCAN_MAX` destinations keeps a table of its peers:
+/// recipients for a destination it has seen join that destination's peer,
+/// before and after the table exists and after a peer left.
+#[test]
+fn a_job_with_many_destinations_finds_each_peer_again() {
+    let now = Instant::now();
+    let mut c = core(now);
+    let m = c.message_new(ScanFlags::START, now);
+    c.batch_read(m, MessageFacts::default(), now);
+    let dests: Vec<String> = (0..20).map(|i| format!("d{i}.example")).collect();
+    let addrs: Vec<String> = dests.iter().map(|d| format!("a@{d}")).collect();
+    let peers_of_job = |c: &Core<u32>| {
+        let mut queues: Vec<QueueId> = c.peers.iter().map(|(_, p)| p.queue).collect();
+        let n = queues.len();
+        queues.sort_by_key(|q| format!("{q:?}"));
+        queues.dedup();
+        assert_eq!(queues.len(), n, "one peer per destination");
+        n
+    };
+    for (round, take) in [3usize, 20, 20].into_iter().enumerate() {
+        let rcpts: Vec<(&str, &str, &str, u32)> = dests
+            .iter()
+            .zip(&addrs)
+            .take(take)
+            .enumerate()
+            .map(|(i, (d, a))| ("smtp", d.as_str(), a.as_str(), (round * 100 + i) as u32))
+            .collect();
+        assign(&mut c, m, now, &rcpts);
+        assert_eq!(peers_of_job(&c), take);
+    }
+    assert_eq!(c.jobs.len(), 1);
+    // Deliver everything: each delivery frees its peer once it is empty.
+    while let Some(e) = c.agent_ready("smtp", now) {
+        c.delivery_done(e, AgentReply::OK, now);
+        c.check_invariants().unwrap();
+    }
+    assert_eq!(peers_of_job(&c), 0);
+}
+
 #[test]
 fn large_message_is_read_in_slices() {
     let now = Instant::now();
