@@ -342,7 +342,19 @@ async fn read_token<R: AsyncBufRead + Unpin>(
 ) -> Result<Vec<u8>, AttrError> {
     let mut token = Vec::new();
     loop {
-        let buf = match per_read {
+        // Only a read that would wait is limited (vstream's timeout is on
+        // read(2)); bytes already buffered need no timer.
+        let limit = match per_read {
+            None => None,
+            Some(t) => match poll_buffered(reader).await {
+                Some(r) => {
+                    r?;
+                    None
+                }
+                None => Some(t),
+            },
+        };
+        let buf = match limit {
             None => reader.fill_buf().await?,
             Some(t) => match tokio::time::timeout(t, reader.fill_buf()).await {
                 Ok(r) => r?,
@@ -372,6 +384,18 @@ async fn read_token<R: AsyncBufRead + Unpin>(
             return Err(AttrError::TooLarge);
         }
     }
+}
+
+/// One poll of `reader`'s `poll_fill_buf`: `Some` if it has bytes (or
+/// the end, or an error) without waiting, `None` if it would wait.
+async fn poll_buffered<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<std::io::Result<()>> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *reader).poll_fill_buf(cx) {
+            std::task::Poll::Ready(r) => Some(r.map(|_| ())),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// Reads the server's announcement `protocol\0<name>\0\0` and checks it.
