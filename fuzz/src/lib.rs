@@ -2,7 +2,7 @@
 //! event (so the arguments of log lines are evaluated too) and counts
 //! warnings, and the batch-by-batch queue-file reading the daemon does.
 
-use rqmgr::qfile::{read_batch, rec, Envelope, ReadOptions, Recipient};
+use rqmgr::qfile::{read_batch, rec, Envelope, ReadOptions, Recipient, Text as Field};
 use std::cell::Cell;
 use std::io::Cursor;
 use std::sync::Once;
@@ -82,7 +82,9 @@ pub fn read_all(bytes: &[u8], claimed_len: u64, limit: usize) -> Option<Vec<Reci
             }
             Ok(()) => {
                 assert!(all.len() - before.0 <= limit.max(1), "batch over its limit");
-                assert!(env.sender.is_some() && env.arrival.0 != 0 && env.data_offset != 0);
+                assert!(
+                    env.texts.is_set(Field::Sender) && env.arrival.0 != 0 && env.data_offset != 0
+                );
                 if env.rcpt_offset == 0 {
                     return Some(all);
                 }
