@@ -299,28 +299,8 @@ fn delivers_mail_piled_up_while_qmgr_was_off(q: Qmgr) {
     );
 
     inst.enable_qmgr();
-    for (id, rcpt, _) in &sent {
-        inst.wait_removed(id);
-        let agent = if rcpt.ends_with("discard.example") {
-            "discard"
-        } else {
-            "smtp"
-        };
-        inst.assert_delivered(id, &from, agent, &[rcpt]);
-    }
-    inst.wait_queue_empty();
-    inst.wait_until("smtp-sink to hold 5 messages", || {
-        inst.sink.message_count() >= 5
-    });
-    let got = inst.sink.messages();
-    for (_, rcpt, token) in &sent {
-        let copies = got.iter().filter(|m| m.contains(token.as_str())).count();
-        let want = usize::from(rcpt.ends_with("sink.example"));
-        inst.check(
-            copies == want,
-            &format!("smtp-sink got {want} copies of {token}, got {copies}"),
-        );
-    }
+    assert_each_delivered_once(&inst, &from, &sent);
+    assert_sink_copies(&inst, &sent);
 }
 
 /// Mail a queue manager that died left in the active queue is delivered
@@ -375,16 +355,7 @@ fn delivers_mail_left_in_active_at_startup(q: Qmgr) {
     );
 
     inst.enable_qmgr();
-    for (id, rcpt, _) in &sent {
-        inst.wait_removed(id);
-        let agent = if rcpt.ends_with("discard.example") {
-            "discard"
-        } else {
-            "smtp"
-        };
-        inst.assert_delivered(id, &from, agent, &[rcpt]);
-    }
-    inst.wait_queue_empty();
+    assert_each_delivered_once(&inst, &from, &sent);
     let warnings: Vec<String> = inst
         .log_lines()
         .iter()
@@ -397,22 +368,7 @@ fn delivers_mail_left_in_active_at_startup(q: Qmgr) {
         warnings.is_empty(),
         &format!("no qmgr warning at start-up: {warnings:?}"),
     );
-    let to_sink = sent
-        .iter()
-        .filter(|(_, r, _)| r.ends_with("sink.example"))
-        .count();
-    inst.wait_until("smtp-sink to hold the messages for sink.example", || {
-        inst.sink.message_count() >= to_sink
-    });
-    let got = inst.sink.messages();
-    for (_, rcpt, token) in &sent {
-        let copies = got.iter().filter(|m| m.contains(token.as_str())).count();
-        let want = usize::from(rcpt.ends_with("sink.example"));
-        inst.check(
-            copies == want,
-            &format!("smtp-sink got {want} copies of {token}, got {copies}"),
-        );
-    }
+    assert_sink_copies(&inst, &sent);
 }
 
 /// (e) Damaged queue files go to the corrupt queue; good mail is delivered.
@@ -596,4 +552,41 @@ fn reload_while_deferred_then_flush_retries(q: Qmgr) {
         !inst.lines_for(&id).iter().any(|l| l.is_removed()),
         "not removed",
     );
+}
+
+/// Waits until each `(id, rcpt, token)` is removed, checks its log lines
+/// (discard(8) for `*.discard.example`, smtp otherwise), then that the
+/// queue is empty.
+fn assert_each_delivered_once(inst: &Instance, from: &str, sent: &[(String, &str, String)]) {
+    for (id, rcpt, _) in sent {
+        inst.wait_removed(id);
+        let agent = if rcpt.ends_with("discard.example") {
+            "discard"
+        } else {
+            "smtp"
+        };
+        inst.assert_delivered(id, from, agent, &[rcpt]);
+    }
+    inst.wait_queue_empty();
+}
+
+/// Checks that smtp-sink got one copy of each message for `sink.example`
+/// and none of the others.
+fn assert_sink_copies(inst: &Instance, sent: &[(String, &str, String)]) {
+    let to_sink = sent
+        .iter()
+        .filter(|(_, r, _)| r.ends_with("sink.example"))
+        .count();
+    inst.wait_until(&format!("smtp-sink to hold {to_sink} messages"), || {
+        inst.sink.message_count() >= to_sink
+    });
+    let got = inst.sink.messages();
+    for (_, rcpt, token) in sent {
+        let copies = got.iter().filter(|m| m.contains(token.as_str())).count();
+        let want = usize::from(rcpt.ends_with("sink.example"));
+        inst.check(
+            copies == want,
+            &format!("smtp-sink got {want} copies of {token}, got {copies}"),
+        );
+    }
 }
