@@ -366,8 +366,17 @@ impl<R> Core<R> {
         }
         // Group recipients of one destination so that they share entries.
         routed.sort_by(|a, b| (&a.0.transport, &a.0.nexthop).cmp(&(&b.0.transport, &b.0.nexthop)));
-        for (res, rcpt) in routed {
-            if let Err(e) = self.place(msg, &res, rcpt, now) {
+        // How many recipients, from each one on, go to the same
+        // destination: an entry takes room for all of them at once.
+        let mut left = vec![1usize; routed.len()];
+        for i in (1..routed.len()).rev() {
+            let (a, b) = (&routed[i - 1].0, &routed[i].0);
+            if a.transport == b.transport && a.nexthop == b.nexthop {
+                left[i - 1] = left[i] + 1;
+            }
+        }
+        for ((res, rcpt), left) in routed.into_iter().zip(left) {
+            if let Err(e) = self.place(msg, &res, rcpt, left, now) {
                 out.defer.push(e);
             }
         }
@@ -377,12 +386,14 @@ impl<R> Core<R> {
 
     /// Binds a routed recipient to a queue (`qmgr_message_resolve` steps
     /// 9-16): revive first for flushed messages (the g+r file bit); a dead
-    /// transport or queue sends it to `retry`.
+    /// transport or queue sends it to `retry`. `left`: recipients of this
+    /// batch for the same destination, this one included.
     fn place(
         &mut self,
         msg: MessageId,
         res: &Resolution,
         rcpt: R,
+        left: usize,
         now: Instant,
     ) -> Result<(), (R, Reason)> {
         let flush_each = self.messages[msg].qflags.contains(ScanFlags::FLUSH_EACH);
@@ -432,7 +443,7 @@ impl<R> Core<R> {
                 q
             }
         };
-        self.add_recipient(msg, q, rcpt, now);
+        self.add_recipient(msg, q, rcpt, left, now);
         Ok(())
     }
 
@@ -462,7 +473,12 @@ impl<R> Core<R> {
         name
     }
 
-    fn add_recipient(&mut self, msg: MessageId, q: QueueId, rcpt: R, now: Instant) {
+    /// Adds `rcpt` to the open entry of `msg` for queue `q`, or to a new
+    /// one (`qmgr_entry_create`). An entry that is full takes room for
+    /// the `left` recipients still to come (up to the transport's
+    /// recipient limit), not for a doubling: an in-core recipient costs
+    /// its own size, not up to twice it.
+    fn add_recipient(&mut self, msg: MessageId, q: QueueId, rcpt: R, left: usize, now: Instant) {
         let limit = self.transports[self.queues[q].transport]
             .params
             .recipient_limit;
@@ -491,7 +507,16 @@ impl<R> Core<R> {
                 _ => self.entry_create(msg, q, None, now),
             }
         };
-        self.entries[entry].recipients.push(rcpt);
+        let recipients = &mut self.entries[entry].recipients;
+        if recipients.len() == recipients.capacity() {
+            let room = if limit > 0 {
+                left.min((limit as usize).saturating_sub(recipients.len()).max(1))
+            } else {
+                left
+            };
+            recipients.reserve_exact(room);
+        }
+        recipients.push(rcpt);
         if let Some(p) = self.entries[entry].peer {
             let job = self.peers[p].job;
             self.jobs[job].rcpt_count += 1;
