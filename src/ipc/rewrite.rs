@@ -44,8 +44,14 @@ pub struct Resolved {
     pub flags: u32,
 }
 
+/// How long an answer is reused.
 const CACHE_TTL: Duration = Duration::from_secs(30);
-const CACHE_MAX: usize = 100_000;
+/// Most answers kept (300-500 bytes each, with the table): enough for
+/// the recipients that recur within `CACHE_TTL` (a list's members, the
+/// same rcpt in every message of a burst), while mail to many distinct
+/// recipients costs at most this many, not one per recipient of the
+/// last 30 seconds. When full, expired answers go, then all.
+const CACHE_MAX: usize = 1000;
 
 type CacheKey = (Class, Vec<u8>, Vec<u8>);
 
