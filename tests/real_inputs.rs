@@ -341,7 +341,7 @@ fn queue_files_and_peer_replies(seeds: &mut Seeds) {
 
     // Every byte a peer sent is whole attribute lists; the first is its
     // announcement.
-    let mut texts = BTreeSet::new();
+    let mut texts: BTreeSet<(Vec<u8>, String)> = BTreeSet::new();
     let mut n_seeds = 0;
     for p in &proxies {
         let conns = p.conns();
@@ -351,12 +351,12 @@ fn queue_files_and_peer_replies(seeds: &mut Seeds) {
             assert!(
                 replies
                     .first()
-                    .is_some_and(|l| l.pairs.first().is_some_and(|(n, _)| n == b"protocol")),
+                    .is_some_and(|l| l.get(0).is_some_and(|(n, _)| n == b"protocol")),
                 "{} connection {i} starts with an announcement: {replies:?}",
                 p.name
             );
             for l in replies.iter().chain(&requests) {
-                for (name, value) in &l.pairs {
+                for (name, value) in l.pairs() {
                     let keep: &[&[u8]] = &[
                         b"reason",
                         b"status",
@@ -370,9 +370,9 @@ fn queue_files_and_peer_replies(seeds: &mut Seeds) {
                         b"diag_text",
                     ];
                     let text = seeds.normalize(&String::from_utf8_lossy(value));
-                    let seen = texts.iter().filter(|(n, _)| n == name).count();
-                    if keep.contains(&name.as_slice()) && !value.is_empty() && seen < 3 {
-                        texts.insert((name.clone(), text));
+                    let seen = texts.iter().filter(|(n, _)| n[..] == *name).count();
+                    if keep.contains(&name) && !value.is_empty() && seen < 3 {
+                        texts.insert((name.to_vec(), text));
                     }
                 }
             }

@@ -584,7 +584,7 @@ fn attr_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn encode(list: &AttrList) -> Vec<u8> {
     let mut out = Vec::new();
-    for (n, v) in &list.pairs {
+    for (n, v) in list.pairs() {
         out.extend_from_slice(n);
         out.push(0);
         out.extend_from_slice(v);
@@ -689,7 +689,7 @@ fn reply_list() -> impl Strategy<Value = AttrList> {
             .zip(vals)
             .collect()),
     ]
-    .prop_map(|pairs| AttrList { pairs })
+    .prop_map(|pairs: Vec<(Vec<u8>, Vec<u8>)>| pairs.into_iter().collect::<AttrList>())
 }
 
 proptest! {
@@ -701,7 +701,7 @@ proptest! {
         match AttrList::parse(&input) {
             Ok(Some((list, used))) => {
                 prop_assert!(used <= input.len());
-                prop_assert!(list.pairs.len() <= MAX_ATTRS);
+                prop_assert!(list.len() <= MAX_ATTRS);
                 prop_assert_eq!(encode(&list), &input[..used]);
             }
             Ok(None) => {}
@@ -763,7 +763,7 @@ proptest! {
     /// Reply only for the exact eight attributes with a numeric status.
     #[test]
     fn deliver_reply_any_list(list in reply_list()) {
-        let names: Vec<&[u8]> = list.pairs.iter().map(|(n, _)| &n[..]).collect();
+        let names: Vec<&[u8]> = list.pairs().map(|(n, _)| n).collect();
         let want: [&[u8]; 8] = [
             b"status", b"diag_type", b"diag_text", b"mta_type", b"mta_mname", b"action",
             b"reason", b"status",
@@ -771,11 +771,11 @@ proptest! {
         match parse_reply(&list) {
             Ok(r) => {
                 prop_assert_eq!(&names[..], &want[..]);
-                prop_assert_eq!(Ok(r.status), parse_int("status", &list.pairs[7].1).map_err(|_| ()));
-                prop_assert_eq!(&r.hop.reason, &list.pairs[6].1);
+                prop_assert_eq!(Ok(r.status), parse_int("status", list.get(7).unwrap().1).map_err(|_| ()));
+                prop_assert_eq!(&r.hop.reason[..], list.get(6).unwrap().1);
             }
             Err(_) => prop_assert!(
-                names != want || parse_int("status", &list.pairs[7].1).is_err()
+                names != want || parse_int("status", list.get(7).unwrap().1).is_err()
             ),
         }
     }

@@ -205,19 +205,56 @@ impl AttrError {
     }
 }
 
-/// One received attribute list: (name, value) pairs in order.
+/// One received attribute list: (name, value) pairs in order, every
+/// name and value in one buffer (two allocations per list, not two per
+/// attribute).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AttrList {
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The names and values, one after the other.
+    text: Vec<u8>,
+    /// Where each token ends in `text`: names at even indexes, values at
+    /// odd ones.
+    ends: Vec<usize>,
 }
 
 impl AttrList {
+    /// The number of (name, value) pairs.
+    pub fn len(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// Whether the list has no pairs (a bare terminator).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Token `i` of the list (names even, values odd).
+    fn token(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    /// Pair `i`: (name, value), or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<(&[u8], &[u8])> {
+        (i < self.len()).then(|| (self.token(2 * i), self.token(2 * i + 1)))
+    }
+
+    /// The pairs in order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        (0..self.len()).map(|i| (self.token(2 * i), self.token(2 * i + 1)))
+    }
+
+    /// Ends the token that `text` received since the last one.
+    fn end_token(&mut self) {
+        self.ends.push(self.text.len());
+    }
+
     /// Parses one list from the front of `input`; returns it and the number of
     /// bytes used, or `None` if `input` holds no complete list yet.
     ///
     /// Errors: [`AttrError::TooLarge`].
     pub fn parse(input: &[u8]) -> Result<Option<(AttrList, usize)>, AttrError> {
-        let mut pairs = Vec::new();
+        let mut list = AttrList::default();
         let mut pos = 0;
         loop {
             let Some(nul) = input[pos..].iter().position(|&c| c == 0) else {
@@ -226,17 +263,20 @@ impl AttrList {
             let name = &input[pos..pos + nul];
             pos += nul + 1;
             if name.is_empty() {
-                return Ok(Some((AttrList { pairs }, pos)));
+                return Ok(Some((list, pos)));
             }
             let Some(nul) = input[pos..].iter().position(|&c| c == 0) else {
                 return Ok(None);
             };
             let value = &input[pos..pos + nul];
             pos += nul + 1;
-            if pairs.len() >= MAX_ATTRS {
+            if list.len() >= MAX_ATTRS {
                 return Err(AttrError::TooLarge);
             }
-            pairs.push((name.to_vec(), value.to_vec()));
+            list.text.extend_from_slice(name);
+            list.end_token();
+            list.text.extend_from_slice(value);
+            list.end_token();
         }
     }
 
@@ -260,30 +300,38 @@ impl AttrList {
         reader: &mut R,
         per_read: Option<std::time::Duration>,
     ) -> Result<AttrList, AttrError> {
-        let mut pairs = Vec::new();
+        let mut list = AttrList {
+            text: Vec::with_capacity(128),
+            ends: Vec::with_capacity(16),
+        };
         loop {
-            let name = match read_token(reader, per_read, false).await {
-                Err(AttrError::Eof { partial: false, .. }) if pairs.is_empty() => {
+            let start = list.text.len();
+            match read_token(reader, per_read, false, &mut list.text).await {
+                Err(AttrError::Eof { partial: false, .. }) if list.is_empty() => {
                     return Err(AttrError::Closed)
                 }
-                Err(AttrError::Timeout { partial: false, .. }) if pairs.is_empty() => {
+                Err(AttrError::Timeout { partial: false, .. }) if list.is_empty() => {
                     return Err(AttrError::NoReply)
                 }
                 r => r?,
-            };
-            if name.is_empty() {
+            }
+            if list.text.len() == start {
                 tracing::debug!("input attribute name: (end)");
-                return Ok(AttrList { pairs });
+                return Ok(list);
             }
-            let value = read_token(reader, per_read, true).await?;
+            list.end_token();
+            read_token(reader, per_read, true, &mut list.text).await?;
+            list.end_token();
+            let n = list.ends.len();
             if crate::log::verbose() {
-                tracing::debug!("input attribute name: {}", String::from_utf8_lossy(&name));
-                tracing::debug!("input attribute value: {}", String::from_utf8_lossy(&value));
+                let name = String::from_utf8_lossy(list.token(n - 2)).into_owned();
+                let value = String::from_utf8_lossy(list.token(n - 1)).into_owned();
+                tracing::debug!("input attribute name: {name}");
+                tracing::debug!("input attribute value: {value}");
             }
-            if pairs.len() >= MAX_ATTRS {
+            if list.len() > MAX_ATTRS {
                 return Err(AttrError::TooLarge);
             }
-            pairs.push((name, value));
         }
     }
 
@@ -294,26 +342,40 @@ impl AttrList {
     pub fn expect(&self, names: &[&str]) -> Result<Vec<&[u8]>, AttrError> {
         let mut out = Vec::with_capacity(names.len());
         for (i, want) in names.iter().enumerate() {
-            match self.pairs.get(i) {
+            match self.get(i) {
                 None => return Err(AttrError::Missing((*want).to_string())),
                 Some((got, value)) => {
-                    if got.as_slice() != want.as_bytes() {
+                    if got != want.as_bytes() {
                         return Err(AttrError::Unexpected {
                             got: String::from_utf8_lossy(got).into_owned(),
                             want: (*want).to_string(),
                         });
                     }
-                    out.push(value.as_slice());
+                    out.push(value);
                 }
             }
         }
-        if let Some((extra, _)) = self.pairs.get(names.len()) {
+        if let Some((extra, _)) = self.get(names.len()) {
             return Err(AttrError::Unexpected {
                 got: String::from_utf8_lossy(extra).into_owned(),
                 want: "(list terminator)".into(),
             });
         }
         Ok(out)
+    }
+}
+
+impl<N: AsRef<[u8]>, V: AsRef<[u8]>> FromIterator<(N, V)> for AttrList {
+    /// A list of these (name, value) pairs, in order.
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> AttrList {
+        let mut list = AttrList::default();
+        for (name, value) in pairs {
+            list.text.extend_from_slice(name.as_ref());
+            list.end_token();
+            list.text.extend_from_slice(value.as_ref());
+            list.end_token();
+        }
+        list
     }
 }
 
@@ -334,13 +396,15 @@ pub fn parse_int(name: &str, value: &[u8]) -> Result<i32, AttrError> {
     Ok(v as u32 as i32)
 }
 
-/// Reads one NUL-terminated token; `value` says which kind, for errors.
+/// Reads one NUL-terminated token onto the end of `text`; `value` says
+/// which kind, for errors.
 async fn read_token<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     per_read: Option<std::time::Duration>,
     value: bool,
-) -> Result<Vec<u8>, AttrError> {
-    let mut token = Vec::new();
+    text: &mut Vec<u8>,
+) -> Result<(), AttrError> {
+    let start = text.len();
     loop {
         // Only a read that would wait is limited (vstream's timeout is on
         // read(2)); bytes already buffered need no timer.
@@ -361,7 +425,7 @@ async fn read_token<R: AsyncBufRead + Unpin>(
                 Err(_) => {
                     return Err(AttrError::Timeout {
                         value,
-                        partial: !token.is_empty(),
+                        partial: text.len() > start,
                     })
                 }
             },
@@ -369,25 +433,23 @@ async fn read_token<R: AsyncBufRead + Unpin>(
         if buf.is_empty() {
             return Err(AttrError::Eof {
                 value,
-                partial: !token.is_empty(),
+                partial: text.len() > start,
             });
         }
         if let Some(nul) = buf.iter().position(|&c| c == 0) {
-            token.extend_from_slice(&buf[..nul]);
+            text.extend_from_slice(&buf[..nul]);
             reader.consume(nul + 1);
-            return Ok(token);
+            return Ok(());
         }
         let n = buf.len();
-        token.extend_from_slice(buf);
+        text.extend_from_slice(buf);
         reader.consume(n);
-        if token.len() > MAX_TOKEN {
+        if text.len() - start > MAX_TOKEN {
             return Err(AttrError::TooLarge);
         }
     }
 }
 
-/// One poll of `reader`'s `poll_fill_buf`: `Some` if it has bytes (or
-/// the end, or an error) without waiting, `None` if it would wait.
 async fn poll_buffered<R: AsyncBufRead + Unpin>(reader: &mut R) -> Option<std::io::Result<()>> {
     std::future::poll_fn(|cx| {
         std::task::Poll::Ready(match std::pin::Pin::new(&mut *reader).poll_fill_buf(cx) {

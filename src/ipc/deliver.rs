@@ -244,11 +244,11 @@ mod tests {
         };
         let bytes = encode_request(&req);
         let (common, used) = AttrList::parse(&bytes).unwrap().unwrap();
-        assert_eq!(common.pairs.len(), 23);
-        assert_eq!(common.pairs[0], (b"flags".to_vec(), b"3".to_vec()));
+        assert_eq!(common.len(), 23);
+        assert_eq!(common.get(0), Some((&b"flags"[..], &b"3"[..])));
         assert_eq!(
-            common.pairs[21],
-            (b"rewrite_context".to_vec(), b"local".to_vec())
+            common.get(21),
+            Some((&b"rewrite_context"[..], &b"local"[..]))
         );
         let (r, _) = AttrList::parse(&bytes[used..]).unwrap().unwrap();
         let v = r
