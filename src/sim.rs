@@ -264,8 +264,8 @@ impl Sim {
                 let (transport, dest) = self.workload[i].recipients[r].clone();
                 let address = format!("r{r}@{dest}").into_bytes();
                 let res = Resolution {
-                    transport,
-                    nexthop: dest,
+                    transport: transport.into(),
+                    nexthop: dest.into(),
                     address,
                     flags: 0,
                 };

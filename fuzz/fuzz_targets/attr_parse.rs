@@ -26,7 +26,7 @@ fn check_reply(list: &AttrList) {
             assert_eq!(values.len(), names.len());
         }
     }
-    for (_, value) in &list.pairs {
+    for (_, value) in list.pairs() {
         let _ = parse_int("value", value);
     }
 }
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some((list, used))) = &parsed {
         assert!(*used <= input.len());
         let mut again = Vec::new();
-        for (name, value) in &list.pairs {
+        for (name, value) in list.pairs() {
             again.extend_from_slice(name);
             again.push(0);
             again.extend_from_slice(value);

@@ -12,6 +12,7 @@ use super::attr::{parse_int, AttrError, AttrList, AttrWriter};
 use super::Peer;
 use crate::proto::service::CLASS_PRIVATE;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// trivial-rewrite's announcement.
@@ -35,11 +36,14 @@ impl Class {
     }
 }
 
-/// A resolver answer.
+/// A resolver answer. The transport and next-hop names are shared with
+/// the cache and with every recipient routed by this answer (the names
+/// are UTF-8: bytes that are not become U+FFFD once, when the answer is
+/// read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
-    pub transport: Vec<u8>,
-    pub nexthop: Vec<u8>,
+    pub transport: Rc<str>,
+    pub nexthop: Rc<str>,
     pub recipient: Vec<u8>,
     pub flags: u32,
 }
@@ -53,7 +57,9 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// last 30 seconds. When full, expired answers go, then all.
 const CACHE_MAX: usize = 1000;
 
-type CacheKey = (Class, Vec<u8>, Vec<u8>);
+/// A cache key: the class's request name, NUL, the sender, NUL, the
+/// address.
+type CacheKey = Box<[u8]>;
 
 /// A persistent client with a cache.
 pub struct Resolver {
@@ -63,6 +69,8 @@ pub struct Resolver {
     ttl: Duration,
     conn: Option<Conn>,
     cache: HashMap<CacheKey, (Resolved, Instant)>,
+    /// The key being looked up (reused: a cache hit allocates nothing).
+    key: Vec<u8>,
     failures: u32,
     /// Petted while a failure is retried: waiting for trivial-rewrite is
     /// not a hung loop (Postfix's qmgr ends there; rqmgr keeps trying).
@@ -86,6 +94,7 @@ impl Resolver {
             ttl,
             conn: None,
             cache: HashMap::new(),
+            key: Vec::new(),
             failures: 0,
             watchdog: None,
         }
@@ -202,9 +211,14 @@ impl Resolver {
     /// every second until trivial-rewrite answers sensibly.
     pub async fn resolve(&mut self, class: Class, sender: &[u8], address: &[u8]) -> Resolved {
         let now = Instant::now();
-        let key = (class, sender.to_vec(), address.to_vec());
+        self.key.clear();
+        self.key.extend_from_slice(class.name());
+        self.key.push(0);
+        self.key.extend_from_slice(sender);
+        self.key.push(0);
+        self.key.extend_from_slice(address);
         if !address.is_empty() {
-            if let Some((r, at)) = self.cache.get(&key) {
+            if let Some((r, at)) = self.cache.get(self.key.as_slice()) {
                 if now.duration_since(*at) < CACHE_TTL {
                     if crate::log::verbose() {
                         tracing::debug!("{}", verbose_line("cached: ", sender, address, r));
@@ -238,7 +252,8 @@ impl Resolver {
                                     self.cache.clear();
                                 }
                             }
-                            self.cache.insert(key, (r.clone(), now));
+                            self.cache
+                                .insert(self.key.as_slice().into(), (r.clone(), now));
                         }
                         return r;
                     }
@@ -263,9 +278,10 @@ impl Resolver {
             .expect(&["flags", "transport", "nexthop", "recipient", "flags"])
             .map_err(ReplyError::Malformed)?;
         let server_flags = parse_int("flags", v[0]).map_err(ReplyError::Value)?;
+        let name = |b: &[u8]| Rc::from(String::from_utf8_lossy(b));
         let r = Resolved {
-            transport: v[1].to_vec(),
-            nexthop: v[2].to_vec(),
+            transport: name(v[1]),
+            nexthop: name(v[2]),
             recipient: v[3].to_vec(),
             flags: parse_int("flags", v[4]).map_err(ReplyError::Value)? as u32,
         };
@@ -398,8 +414,8 @@ fn verbose_line(cached: &str, sender: &[u8], address: &[u8], r: &Resolved) -> St
         "resolve_clnt: {cached}`{}' -> `{}' -> transp=`{}' host=`{}' rcpt=`{}' flags={}{}{}{} class={}{}{}{}{}",
         String::from_utf8_lossy(sender),
         String::from_utf8_lossy(address),
-        String::from_utf8_lossy(&r.transport),
-        String::from_utf8_lossy(&r.nexthop),
+        r.transport,
+        r.nexthop,
         String::from_utf8_lossy(&r.recipient),
         set(f::FINAL, "final"),
         set(f::ROUTED, "routed"),
@@ -447,10 +463,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let (r, disc) = Resolver::parse(&l, b"u@x").unwrap();
-        assert_eq!(
-            (r.transport.as_slice(), r.flags, disc),
-            (&b"smtp"[..], 4096, false)
-        );
+        assert_eq!((&*r.transport, r.flags, disc), ("smtp", 4096, false));
         let (l, _) =
             AttrList::parse(b"flags\x000\0transport\0\0nexthop\0\0recipient\0u@x\0flags\x000\0\0")
                 .unwrap()

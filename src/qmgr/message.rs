@@ -102,8 +102,10 @@ pub enum Lookup<'a> {
 /// A recipient's route as the resolver (or the content filter) gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
-    pub transport: String,
-    pub nexthop: String,
+    /// The transport's name (shared with the resolver's cached answer).
+    pub transport: Rc<str>,
+    /// The next hop (shared likewise).
+    pub nexthop: Rc<str>,
     /// The resolved recipient address (it replaces the original).
     pub address: Vec<u8>,
     /// Resolver flags (`RESOLVE_FLAG_*`, `RESOLVE_CLASS_*`).
@@ -326,7 +328,11 @@ impl<R> Core<R> {
             return None;
         }
         if !qflags.contains(ScanFlags::FLUSH_DFXP)
-            && self.settings.defer_transports.contains(&res.transport)
+            && self
+                .settings
+                .defer_transports
+                .iter()
+                .any(|d| **d == *res.transport)
         {
             redirect(res, service::RETRY, "4.3.2 deferred transport");
         }
@@ -423,7 +429,7 @@ impl<R> Core<R> {
                         return Err((rcpt, reason));
                     }
                     t = r;
-                    nexthop = reason.nexthop();
+                    nexthop = reason.nexthop().into();
                 }
                 let name = self.queue_name(t, &nexthop, &res.address);
                 let mut q = self.find_or_create_queue(t, &name, &nexthop);
@@ -438,8 +444,8 @@ impl<R> Core<R> {
                 }
                 // Per-recipient queue names depend on the address: not cached.
                 let own = self.queues[q].transport == t && *self.queues[q].nexthop == *res.nexthop;
-                self.last_assign = (own && !self.per_recipient_queues(t))
-                    .then(|| (t, Rc::from(res.nexthop.as_str()), q));
+                self.last_assign =
+                    (own && !self.per_recipient_queues(t)).then(|| (t, res.nexthop.clone(), q));
                 q
             }
         };

@@ -257,8 +257,8 @@ impl Daemon {
             let res = match lookup {
                 Lookup::Skip => continue,
                 Lookup::Route { transport, nexthop } => Resolution {
-                    transport,
-                    nexthop,
+                    transport: transport.into(),
+                    nexthop: nexthop.into(),
                     address: rcpt.address.to_vec(),
                     flags: 0,
                 },
@@ -294,8 +294,8 @@ impl Daemon {
         };
         let r = self.resolver.resolve(class, sender, address).await;
         Resolution {
-            transport: String::from_utf8_lossy(&r.transport).into_owned(),
-            nexthop: String::from_utf8_lossy(&r.nexthop).into_owned(),
+            transport: r.transport,
+            nexthop: r.nexthop,
             address: r.recipient,
             flags: r.flags,
         }
