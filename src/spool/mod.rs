@@ -149,22 +149,29 @@ impl Spool {
     /// The directory of `id` in `queue`, with a trailing slash (`mail_queue_dir`).
     pub fn dir(&self, queue: &str, id: &str) -> String {
         let mut dir = String::with_capacity(queue.len() + 1 + 2 * self.depth);
-        dir.push_str(queue);
-        dir.push('/');
+        self.push_dir(&mut dir, queue, id);
+        dir
+    }
+
+    /// Appends the directory of `id` in `queue` to `out`.
+    fn push_dir(&self, out: &mut String, queue: &str, id: &str) {
+        out.push_str(queue);
+        out.push('/');
         if self.hashed.iter().any(|q| q.eq_ignore_ascii_case(queue)) {
             let key = hash_key(id);
             let mut chars = key.chars();
             for _ in 0..self.depth {
-                dir.push(chars.next().unwrap_or('_'));
-                dir.push('/');
+                out.push(chars.next().unwrap_or('_'));
+                out.push('/');
             }
         }
-        dir
     }
 
-    /// The path of `id` in `queue`, relative to the queue directory (`mail_queue_path`).
+    /// The path of `id` in `queue`, relative to the queue directory
+    /// (`mail_queue_path`); one allocation, of the path's length.
     pub fn path(&self, queue: &str, id: &str) -> PathBuf {
-        let mut p = self.dir(queue, id);
+        let mut p = String::with_capacity(queue.len() + 1 + 2 * self.depth + id.len());
+        self.push_dir(&mut p, queue, id);
         p.push_str(id);
         PathBuf::from(p)
     }
