@@ -28,7 +28,8 @@ enum Sink {
     Postlog {
         sock: Option<UnixDatagram>,
         path: String,
-        hostname: String,
+        /// What follows the time stamp on every line: `host tag[pid]: `.
+        head: String,
     },
     /// The system logger via libc's syslog(3).
     Syslog,
@@ -38,8 +39,6 @@ struct Logger {
     tag: String,
     sink: Sink,
     stderr: bool,
-    /// Our pid (the daemon never forks).
-    pid: u32,
     /// The time stamp of the current second: (time, text).
     stamp: (libc::time_t, String),
     /// The line being built (reused).
@@ -189,7 +188,7 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
         Sink::Postlog {
             sock: connect_postlog(&path),
             path,
-            hostname,
+            head: line_head(&hostname, &setup.tag),
         }
     } else if !setup.maillog_file.is_empty() {
         let prefixes: Vec<&str> = setup
@@ -215,7 +214,7 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
         Sink::Postlog {
             sock,
             path,
-            hostname,
+            head: line_head(&hostname, &setup.tag),
         }
     } else {
         std::env::remove_var("POSTLOG_SERVICE");
@@ -244,7 +243,6 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
         tag: setup.tag.clone(),
         sink,
         stderr: setup.stderr,
-        pid: std::process::id(),
         stamp: (-1, String::new()),
         line: String::with_capacity(512),
     };
@@ -259,6 +257,26 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
         }
     }
     Ok(())
+}
+
+/// `host tag[pid]: `, the part of a postlog line after its time stamp
+/// (`msg_logger.c`: the host name up to its first dot; the pid is taken
+/// once, as the daemon never forks).
+fn line_head(hostname: &str, tag: &str) -> String {
+    let host = hostname.split('.').next().unwrap_or("");
+    format!("{host} {tag}[{}]: ", std::process::id())
+}
+
+/// Logs `text` as a plain line (Postfix's `msg_info`), like
+/// `tracing::info!("{text}")` but without formatting the text again.
+pub fn info(text: &str) {
+    emit(Severity::Info, text);
+}
+
+/// Logs `text` as a `warning: ` line (`msg_warn`), like
+/// `tracing::warn!("{text}")` but without formatting the text again.
+pub fn warning(text: &str) {
+    emit(Severity::Warning, text);
 }
 
 extern "C" {
@@ -351,11 +369,9 @@ fn emit(sev: Severity, text: &str) {
     };
     let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
     let logger = &mut *guard;
-    let pid = logger.pid;
     if logger.stderr {
         eprintln!("{}: {}{}", logger.tag, sev.prefix(), text);
     }
-    let tag = &logger.tag;
     match &mut logger.sink {
         Sink::Syslog => {
             let line = format!("{}{}", sev.prefix(), text);
@@ -364,16 +380,13 @@ fn emit(sev: Severity, text: &str) {
                 unsafe { libc::syslog(sev.syslog_priority(), c"%s".as_ptr(), c.as_ptr()) };
             }
         }
-        Sink::Postlog {
-            sock,
-            path,
-            hostname,
-        } => {
-            let host = hostname.split('.').next().unwrap_or("");
+        Sink::Postlog { sock, path, head } => {
             let line = &mut logger.line;
             line.clear();
             line.push_str(local_timestamp(&mut logger.stamp));
-            let _ = write!(line, "{host} {tag}[{pid}]: {}{text}", sev.prefix());
+            line.push_str(head);
+            line.push_str(sev.prefix());
+            line.push_str(text);
             if sock.is_none() {
                 *sock = connect_postlog(path);
             }

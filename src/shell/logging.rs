@@ -190,8 +190,8 @@ pub fn log_event(event: &Event, settings: &Settings) {
     }
     for (level, line) in event_lines(event, settings) {
         match level {
-            Level::Info => tracing::info!("{line}"),
-            Level::Warning => tracing::warn!("{line}"),
+            Level::Info => crate::log::info(&line),
+            Level::Warning => crate::log::warning(&line),
         }
     }
 }
