@@ -88,7 +88,10 @@ impl Peer {
     ///
     /// Errors: the connect error.
     pub async fn connect(class: &str, service: &str) -> std::io::Result<Peer> {
-        let path = format!("{class}/{service}");
+        let mut path = String::with_capacity(class.len() + 1 + service.len());
+        path.push_str(class);
+        path.push('/');
+        path.push_str(service);
         let stream = match connect_now(&path) {
             Ok(s) => UnixStream::from_std(s),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

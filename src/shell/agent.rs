@@ -123,7 +123,8 @@ async fn agent_session(
             return;
         }
     };
-    let socket = format!("{CLASS_PRIVATE}/{transport} socket");
+    // The stream's name in warnings (built only for one).
+    let socket = || format!("{CLASS_PRIVATE}/{transport} socket");
     // qmgr_transport_event: the first byte (or the end) within
     // daemon_timeout, else Postfix's qmgr ends ("timeout connecting to
     // transport").
@@ -142,7 +143,7 @@ async fn agent_session(
                 read_announcement_with(&mut peer.reader, deliver::PROTOCOL, Some(timeouts.ipc))
                     .await;
             if let Err(e) = announced {
-                malformed(&socket, &e);
+                malformed(&socket(), &e);
                 let _ = tx.send(Report::AgentFailed { transport });
                 return;
             }
@@ -197,7 +198,7 @@ async fn agent_session(
     let reply = match reply {
         Ok(r) => Some(r),
         Err(e) => {
-            malformed(&socket, &e);
+            malformed(&socket(), &e);
             None
         }
     };
