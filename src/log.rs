@@ -46,6 +46,11 @@ struct Logger {
 }
 
 static LOGGER: OnceLock<Mutex<Logger>> = OnceLock::new();
+
+thread_local! {
+    /// The text of the event being logged (reused: no allocation per line).
+    static EVENT_TEXT: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+}
 static INTERNAL_ADDR_FORM: OnceLock<bool> = OnceLock::new();
 static UTF8: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
@@ -416,9 +421,10 @@ pub fn verbose() -> bool {
     VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-struct MessageVisitor(String);
+/// Collects an event's text into a buffer.
+struct MessageVisitor<'a>(&'a mut String);
 
-impl Visit for MessageVisitor {
+impl Visit for MessageVisitor<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let _ = write!(self.0, "{value:?}");
@@ -462,9 +468,19 @@ impl<S: Subscriber> Layer<S> for PostfixLayer {
         } else {
             return;
         };
-        let mut v = MessageVisitor(String::with_capacity(256));
-        event.record(&mut v);
-        emit(sev, &v.0);
+        EVENT_TEXT.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut text) => {
+                text.clear();
+                event.record(&mut MessageVisitor(&mut text));
+                emit(sev, &text);
+            }
+            // An event logged while one is being formatted.
+            Err(_) => {
+                let mut text = String::new();
+                event.record(&mut MessageVisitor(&mut text));
+                emit(sev, &text);
+            }
+        });
     }
 }
 
