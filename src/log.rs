@@ -497,12 +497,17 @@ pub fn errno_text(e: &std::io::Error) -> String {
 /// `info_log_address_format`: `external` (the default) quotes a local part
 /// that is not a valid dot-atom, as `quote_822_local` does; `internal` logs
 /// it as is.
-pub fn addr(address: &[u8]) -> String {
+/// Borrows `address` when it is UTF-8 and needs no quoting (the usual
+/// case), else returns the converted text.
+pub fn addr(address: &[u8]) -> std::borrow::Cow<'_, str> {
     let text = String::from_utf8_lossy(address);
     if INTERNAL_ADDR_FORM.get().copied().unwrap_or(false) || address.is_empty() {
-        return text.into_owned();
+        return text;
     }
-    quote_822_local(&text)
+    match quoted_822_local(&text) {
+        Some(quoted) => quoted.into(),
+        None => text,
+    }
 }
 
 fn needs_quoting(local: &str) -> bool {
@@ -513,18 +518,45 @@ fn needs_quoting(local: &str) -> bool {
     if b[0] == b'.' || b[b.len() - 1] == b'.' || local.contains("..") {
         return true;
     }
-    b.iter()
-        .any(|&c| c < 0x20 || c == 0x7f || c == b' ' || b"()<>@,;:\\\"[]".contains(&c))
+    b.iter().any(|&c| SPECIAL[c as usize])
 }
 
-/// Quotes the local part of `address` (before the last `@`) when needed.
-pub fn quote_822_local(address: &str) -> String {
+/// The bytes that make a local part need quotes: controls, space, DEL
+/// and RFC 822's specials.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[0x7f] = true;
+    let specials = b" ()<>@,;:\\\"[]";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Quotes the local part of `address` (before the last `@`) when needed;
+/// borrows `address` when it needs no quotes.
+pub fn quote_822_local(address: &str) -> std::borrow::Cow<'_, str> {
+    match quoted_822_local(address) {
+        Some(quoted) => quoted.into(),
+        None => address.into(),
+    }
+}
+
+/// `address` with its local part quoted, or `None` if it needs no quotes.
+fn quoted_822_local(address: &str) -> Option<String> {
     let (local, domain) = match address.rfind('@') {
         Some(at) => (&address[..at], Some(&address[at..])),
         None => (address, None),
     };
     if !needs_quoting(local) {
-        return address.to_string();
+        return None;
     }
     let mut out = String::with_capacity(address.len() + 4);
     out.push('"');
@@ -538,7 +570,7 @@ pub fn quote_822_local(address: &str) -> String {
     if let Some(d) = domain {
         out.push_str(d);
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]

@@ -299,7 +299,8 @@ impl Resolver {
     /// canonicalise a redirect address), quoting the local part for the
     /// request and unquoting the answer (`rewrite_clnt_internal`).
     pub async fn rewrite(&mut self, rule: &str, address: &[u8]) -> Vec<u8> {
-        let quoted = crate::log::quote_822_local(&String::from_utf8_lossy(address));
+        let text = String::from_utf8_lossy(address);
+        let quoted = crate::log::quote_822_local(&text);
         let mut w = AttrWriter::new();
         w.str("request", b"rewrite")
             .str("rule", rule.as_bytes())
