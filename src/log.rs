@@ -272,6 +272,32 @@ fn line_head(hostname: &str, tag: &str) -> String {
     format!("{host} {tag}[{}]: ", std::process::id())
 }
 
+/// Appends `n` in decimal to `out` (what `{}` prints, without the
+/// formatting machinery).
+pub fn push_decimal(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_unsigned(out, n.unsigned_abs());
+}
+
+/// Appends `n` in decimal to `out`.
+pub fn push_unsigned(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // The digits are ASCII.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
 /// Logs `text` as a plain line (Postfix's `msg_info`), like
 /// `tracing::info!("{text}")` but without formatting the text again.
 pub fn info(text: &str) {
@@ -369,7 +395,11 @@ fn emit(sev: Severity, text: &str) {
     let text = printable(text);
     let text = truncate(&text);
     let Some(lock) = LOGGER.get() else {
-        eprintln!("postfix/qmgr: {}{}", sev.prefix(), text);
+        // Before logging is set up, or in a test or fuzz harness: what is
+        // not a plain line goes to stderr.
+        if !matches!(sev, Severity::Info) {
+            eprintln!("postfix/qmgr: {}{}", sev.prefix(), text);
+        }
         return;
     };
     let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -585,6 +615,18 @@ mod tests {
         );
         assert_eq!(printable("caf\u{fffd}x j\u{f6}rg"), "caf?x j\u{f6}rg");
         assert_eq!(printable("plain"), "plain");
+    }
+
+    #[test]
+    fn decimals_print_as_display_does() {
+        for n in [0, 7, 10, 587, -1, i64::MAX, i64::MIN] {
+            let mut s = String::from("x=");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x={n}"));
+        }
+        let mut s = String::new();
+        push_unsigned(&mut s, u64::MAX);
+        assert_eq!(s, u64::MAX.to_string());
     }
 
     #[test]

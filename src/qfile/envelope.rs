@@ -657,13 +657,21 @@ fn read_records<R: Read + Seek>(
             rec::FROM => {
                 if !env.texts.is_set(Text::Sender) {
                     env.texts.set(Text::Sender, data);
-                    tracing::info!(
-                        "{id}: from=<{}>, size={}, nrcpt={} (queue {})",
-                        addr(data),
-                        env.cont_length,
-                        env.rcpt_unread,
-                        opts.queue
-                    );
+                    // Built by hand and logged directly: the line of every
+                    // message read.
+                    let from = addr(data);
+                    let mut line = String::with_capacity(64 + id.len() + from.len());
+                    line.push_str(id);
+                    line.push_str(": from=<");
+                    line.push_str(&from);
+                    line.push_str(">, size=");
+                    crate::log::push_unsigned(&mut line, env.cont_length);
+                    line.push_str(", nrcpt=");
+                    crate::log::push_decimal(&mut line, env.rcpt_unread);
+                    line.push_str(" (queue ");
+                    line.push_str(opts.queue);
+                    line.push(')');
+                    crate::log::info(&line);
                 }
                 continue;
             }

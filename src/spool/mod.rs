@@ -331,7 +331,7 @@ impl Spool {
         })
         .is_some()
         {
-            tracing::info!("{id}: removed");
+            crate::log::info(&[id, ": removed"].concat());
         }
     }
 
