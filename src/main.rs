@@ -187,7 +187,10 @@ fn main() {
         .build()
         .unwrap_or_else(|e| log::fatal(&format!("runtime: {e}")));
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    // The loop runs as a task of the LocalSet, like the agent sessions:
+    // a task that wakes another while the set runs queues it, where waking
+    // the future block_on polls would write to the runtime's eventfd.
+    let main_loop = local.spawn_local(async move {
         let mut daemon = Daemon::new(params.clone(), cf, strategy);
         if let Some(m) = metrics {
             daemon = daemon.with_metrics(m);
@@ -200,4 +203,10 @@ fn main() {
         let watchdog = Watchdog::start(Duration::from_secs(params.qmgr_daemon_timeout as u64));
         daemon.run(trig_rx, watchdog).await;
     });
+    if let Err(e) = local.block_on(&runtime, main_loop) {
+        // A panic in the loop ends the process as it did in block_on.
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
 }
