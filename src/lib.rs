@@ -37,3 +37,21 @@ pub fn now_timeval() -> (i64, i64) {
         .unwrap_or_default();
     (d.as_secs() as i64, i64::from(d.subsec_micros()))
 }
+
+/// `n` in decimal, written into the end of `digits` (what `{}` prints,
+/// without the formatting machinery): for the log lines and attribute
+/// values written for every message.
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &str {
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&digits[i..]).unwrap_or_default()
+}

@@ -283,19 +283,7 @@ pub fn push_decimal(out: &mut String, n: i64) {
 
 /// Appends `n` in decimal to `out`.
 pub fn push_unsigned(out: &mut String, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // The digits are ASCII.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+    out.push_str(crate::decimal(n, &mut [0; 20]));
 }
 
 /// Logs `text` as a plain line (Postfix's `msg_info`), like

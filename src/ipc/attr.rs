@@ -44,17 +44,8 @@ impl AttrWriter {
         tracing::debug!("send attr {name} = {value}");
         self.name(name);
         let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = value;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.buf.extend_from_slice(&digits[i..]);
+        self.buf
+            .extend_from_slice(crate::decimal(value, &mut digits).as_bytes());
         self.buf.push(0);
         self
     }
