@@ -2,7 +2,7 @@
 //! administrator checks it: triggers (fifo service, postkick, postqueue),
 //! expiry (forced and by age), delay warnings, double bounces,
 //! defer_transports, a missing transport, a queue manager killed mid-delivery,
-//! and time stamps in the future.
+//! time stamps in the future, and `postfix reload`.
 //!
 //! Every test runs once per queue manager: `rqmgr::<test>`,
 //! `postfix_qmgr::<test>` and `postfix_oqmgr::<test>` (the last two prove the
@@ -32,6 +32,7 @@ dropin_tests!(
     qmgr_killed_during_slow_delivery_loses_nothing,
     qmgr_restarted_during_slow_delivery_skips_locked_files,
     future_incoming_file_waits_for_scan_all,
+    every_reload_brings_up_a_new_queue_manager,
 );
 
 // ---- helpers ---------------------------------------------------------------------
@@ -1113,4 +1114,37 @@ fn future_incoming_file_waits_for_scan_all(q: Qmgr) {
     inst.wait_removed(&future);
     inst.assert_delivered(&future, &from, "discard", &[rcpt]);
     inst.wait_queue_empty();
+}
+
+// ---- postfix reload ----------------------------------------------------------------
+
+/// `postfix reload` makes the queue manager exit and master(8) start a new
+/// one at once (its wake-up trigger right after the reload): after every one
+/// of several reloads in a row a new process runs, without any mail or kick
+/// to start it, for the `unix` service and for the `fifo` one; then mail
+/// still flows.
+fn every_reload_brings_up_a_new_queue_manager(q: Qmgr) {
+    for opts in [
+        Opts::new("reloads", q.clone()),
+        Opts::new("reloads-fifo", q).qmgr_fifo(),
+    ] {
+        let inst = Instance::start(opts);
+        inst.wait_until("a queue manager to run", || inst.qmgr_pids().len() == 1);
+        for round in 1..=6 {
+            let old = inst.qmgr_pids();
+            inst.reload();
+            inst.wait_until(
+                &format!("a new queue manager after reload {round} (old: {old:?})"),
+                || {
+                    let now = inst.qmgr_pids();
+                    now.len() == 1 && !old.contains(&now[0])
+                },
+            );
+        }
+        let from = inst.local_addr("sender");
+        let rcpt = "user@discard.example";
+        let id = inst.send_smtp(&from, &[rcpt], "reloads", &inst.unique_token("reloads"));
+        inst.wait_removed(&id);
+        inst.assert_delivered(&id, &from, "discard", &[rcpt]);
+    }
 }

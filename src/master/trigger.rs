@@ -3,6 +3,14 @@
 //! socket), tell the master we are busy, read at most 1024 bytes, hand them
 //! to the event loop, and tell the master we are available again. A failed
 //! AVAIL update means the master is gone: exit.
+//!
+//! After `postfix reload` the master closes its end of the status channel
+//! and at once sends the service a wake-up trigger, meant for the queue
+//! manager it starts next (`master_restart_service`). A trigger is taken only
+//! while the master is still there ([`master_is_gone`]): one that arrives
+//! after it went away stays queued, so the master sees it when this process
+//! has exited and starts the new one (qmgr gets the same effect from the
+//! order in which its event loop reports the two descriptors).
 
 use super::{notify, ServiceType, LISTEN_FD, STAT_AVAIL, STAT_TAKEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -46,6 +54,20 @@ fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// Whether the master closed its end of the status channel (`postfix
+/// reload`, `postfix stop`): the status descriptor reads as EOF. Never
+/// blocks.
+fn master_is_gone() -> bool {
+    let mut pfd = libc::pollfd {
+        fd: super::STATUS_FD,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Reads one trigger from a connected descriptor: wait up to 10 s for data,
@@ -99,28 +121,28 @@ pub fn spawn_listener(
         ServiceType::Unix | ServiceType::Pass => {
             // SAFETY: master(8) passes the listening socket as fd 6; we take
             // ownership once, here.
-            let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
-            std_listener.set_nonblocking(true)?;
-            let listener = tokio::net::UnixListener::from_std(std_listener)?;
+            let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+            listener.set_nonblocking(true)?;
+            let listener = register(listener, tokio::io::Interest::READABLE)
+                .ok_or_else(|| std::io::Error::other("cannot register the listen socket"))?;
             tokio::task::spawn_local(async move {
                 loop {
-                    let stream = match listener.accept().await {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            if e.kind() != std::io::ErrorKind::WouldBlock {
-                                tracing::error!(
-                                    "accept connection: {}",
-                                    crate::log::errno_text(&e)
-                                );
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
+                    let Ok(mut guard) = listener.readable().await else {
+                        return;
+                    };
+                    if master_is_gone() {
+                        return;
+                    }
+                    let conn = match guard.try_io(|l| l.get_ref().accept()) {
+                        Ok(Ok((s, _))) => s,
+                        Ok(Err(e)) => {
+                            tracing::error!("accept connection: {}", crate::log::errno_text(&e));
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
+                        Err(_would_block) => continue,
                     };
-                    let Ok(std_stream) = stream.into_std() else {
-                        continue;
-                    };
-                    let conn: OwnedFd = std_stream.into();
+                    let conn: OwnedFd = conn.into();
                     if kind == ServiceType::Unix {
                         serve_one(conn, generation, &tx).await;
                         continue;
@@ -157,6 +179,9 @@ pub fn spawn_listener(
                     let Ok(mut guard) = afd.readable().await else {
                         return;
                     };
+                    if master_is_gone() {
+                        return;
+                    }
                     let _ = notify(generation, STAT_TAKEN);
                     match guard.try_io(|fd| read_nonblocking(fd.as_raw_fd(), &mut buf)) {
                         Ok(Ok(n)) if n > 0 => {
