@@ -75,11 +75,14 @@ pub fn generation_from_env() -> Result<u32, MasterError> {
 
 /// Sends a status update on fd 5: the 12-byte native-endian struct
 /// `{ int pid; unsigned gen; int avail; }` in one write (`master_notify`).
+/// The pid is looked up once: a TAKEN and an AVAIL go with every trigger.
 ///
 /// Errors: the write error (for AVAIL the caller exits, as Postfix does).
 pub fn notify(generation: u32, status: i32) -> std::io::Result<()> {
+    static PID: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(|| std::process::id() as i32);
     let mut msg = [0u8; 12];
-    msg[0..4].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+    msg[0..4].copy_from_slice(&pid.to_ne_bytes());
     msg[4..8].copy_from_slice(&generation.to_ne_bytes());
     msg[8..12].copy_from_slice(&status.to_ne_bytes());
     // SAFETY: writing a stack buffer to a descriptor we inherited; a closed

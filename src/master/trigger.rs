@@ -70,10 +70,29 @@ fn master_is_gone() -> bool {
     n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }
 
-/// Reads one trigger from a connected descriptor: wait up to 10 s for data,
-/// TAKEN, one read, hand over, AVAIL.
+/// Accepts one connection on the listening socket `fd`, already
+/// non-blocking and close-on-exec (`accept4`: no fcntl per trigger).
+fn accept_nonblocking(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: accept4 on a listening socket we own, without a peer address.
+    let conn = unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if conn < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        // SAFETY: the kernel just gave us this descriptor; we own it.
+        Ok(unsafe { OwnedFd::from_raw_fd(conn) })
+    }
+}
+
+/// Reads one trigger from a connected non-blocking descriptor: wait up to
+/// 10 s for data, TAKEN, one read, hand over, AVAIL.
 async fn serve_one(fd: OwnedFd, generation: u32, tx: &UnboundedSender<TriggerBytes>) {
-    set_nonblocking(fd.as_raw_fd());
     let Some(afd) = register(fd, tokio::io::Interest::READABLE) else {
         return;
     };
@@ -133,8 +152,8 @@ pub fn spawn_listener(
                     if master_is_gone() {
                         return;
                     }
-                    let conn = match guard.try_io(|l| l.get_ref().accept()) {
-                        Ok(Ok((s, _))) => s,
+                    let conn = match guard.try_io(|l| accept_nonblocking(l.as_raw_fd())) {
+                        Ok(Ok(fd)) => fd,
                         Ok(Err(e)) => {
                             tracing::error!("accept connection: {}", crate::log::errno_text(&e));
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,13 +161,11 @@ pub fn spawn_listener(
                         }
                         Err(_would_block) => continue,
                     };
-                    let conn: OwnedFd = conn.into();
                     if kind == ServiceType::Unix {
                         serve_one(conn, generation, &tx).await;
                         continue;
                     }
                     // pass: wait for a descriptor, then serve it like a unix client.
-                    set_nonblocking(conn.as_raw_fd());
                     let Some(aconn) = register(conn, tokio::io::Interest::READABLE) else {
                         continue;
                     };
@@ -156,6 +173,7 @@ pub fn spawn_listener(
                         Ok(Ok(_guard)) => match recv_fd(aconn.as_raw_fd()) {
                             Ok(fd) => {
                                 drop(aconn);
+                                set_nonblocking(fd.as_raw_fd());
                                 serve_one(fd, generation, &tx).await;
                             }
                             Err(e) => tracing::warn!(
