@@ -151,11 +151,12 @@ impl Scans {
     }
 
     /// The directory and the flags of queue `q`'s run in progress.
-    fn run(&self, q: ScanQueue) -> (&'static str, ScanFlags) {
-        match q {
-            ScanQueue::Incoming => (self.incoming.queue(), self.incoming.flags()),
-            ScanQueue::Deferred => (self.deferred.queue(), self.deferred.flags()),
-        }
+    fn run(&mut self, q: ScanQueue) -> (&'static str, ScanFlags) {
+        let r = match q {
+            ScanQueue::Incoming => self.incoming.requests(),
+            ScanQueue::Deferred => self.deferred.requests(),
+        };
+        (r.queue(), r.flags())
     }
 }
 
@@ -342,10 +343,10 @@ impl Daemon {
             let (produced, fed_incoming) = self.feed_one().await;
             self.carry_out_actions().await;
             if let Some(m) = &self.metrics {
-                if let Some(d) = self.scans.incoming.take_finished() {
+                if let Some(d) = self.scans.incoming.requests().take_finished() {
                     m.scan_done(spool::INCOMING, d);
                 }
-                if let Some(d) = self.scans.deferred.take_finished() {
+                if let Some(d) = self.scans.deferred.requests().take_finished() {
                     m.scan_done(spool::DEFERRED, d);
                 }
             }

@@ -16,7 +16,7 @@
 //! walk, as in Postfix. Whatever the index says, the feed checks each file
 //! again (`mail_open_ok`, the time stamp) before it takes it.
 
-use super::scan::DirWalk;
+use super::scan::{DirWalk, ScanRequests};
 use crate::qmgr::ScanFlags;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::collections::HashMap;
@@ -66,9 +66,7 @@ enum Run {
 
 /// The deferred queue's scanner.
 pub struct DeferredScanner {
-    queue: &'static str,
-    flags: ScanFlags,
-    nflags: ScanFlags,
+    requests: ScanRequests,
     run: Option<Run>,
     watch: Option<Watch>,
     /// Files due before `horizon_end`: id -> modification time.
@@ -76,9 +74,6 @@ pub struct DeferredScanner {
     /// The index is complete for files due before this (0: no full walk
     /// yet, or an overflow lost events).
     horizon_end: i64,
-    /// When the run in progress started, and how long the last one took.
-    started: Option<std::time::Instant>,
-    finished: Option<std::time::Duration>,
 }
 
 fn mtime(path: &Path) -> Option<i64> {
@@ -103,31 +98,17 @@ impl DeferredScanner {
             })
             .ok();
         DeferredScanner {
-            queue,
-            flags: ScanFlags::default(),
-            nflags: ScanFlags::default(),
+            requests: ScanRequests::new(queue),
             run: None,
             watch,
             index: HashMap::new(),
             horizon_end: 0,
-            started: None,
-            finished: None,
         }
     }
 
-    /// How long the last finished run took, once.
-    pub fn take_finished(&mut self) -> Option<std::time::Duration> {
-        self.finished.take()
-    }
-
-    /// The queue this scanner walks.
-    pub fn queue(&self) -> &'static str {
-        self.queue
-    }
-
-    /// The flags of the run in progress.
-    pub fn flags(&self) -> ScanFlags {
-        self.flags
+    /// The queue, the flags of the run in progress, the last run's time.
+    pub fn requests(&mut self) -> &mut ScanRequests {
+        &mut self.requests
     }
 
     /// True while a run is in progress.
@@ -149,24 +130,17 @@ impl DeferredScanner {
 
     /// Requests a scan with `flags`, as [`super::Scanner::request`].
     pub fn request(&mut self, flags: ScanFlags, now: i64) {
-        if self.run.is_some() {
-            self.flags |= flags.intersection(ScanFlags::ALL | ScanFlags::FLUSH_DFXP);
-        }
-        self.nflags |= flags;
-        if self.run.is_none() && flags.contains(ScanFlags::START) {
-            self.nflags = self.nflags.without(ScanFlags::START);
+        if self.requests.request(flags, self.run.is_some()) {
             self.start(now);
         }
     }
 
     fn start(&mut self, now: i64) {
-        super::scan::log_scan_start(self.nflags, self.queue);
-        self.started = Some(std::time::Instant::now());
-        self.flags = self.nflags;
-        self.nflags = ScanFlags::default();
+        self.requests.begin();
         self.apply_events();
-        let indexed =
-            self.watch.is_some() && !self.flags.contains(ScanFlags::ALL) && now < self.horizon_end;
+        let indexed = self.watch.is_some()
+            && !self.requests.flags().contains(ScanFlags::ALL)
+            && now < self.horizon_end;
         self.run = Some(if indexed {
             let mut due: Vec<(i64, Box<str>)> = self
                 .index
@@ -184,7 +158,7 @@ impl DeferredScanner {
             self.index.clear();
             self.horizon_end = 0;
             Run::Walk {
-                walk: DirWalk::new(self.queue),
+                walk: DirWalk::new(self.requests.queue()),
                 started: now,
             }
         });
@@ -195,7 +169,7 @@ impl DeferredScanner {
         loop {
             match &mut self.run {
                 None => {
-                    if !self.nflags.contains(ScanFlags::START) {
+                    if !self.requests.another() {
                         return Next::Done;
                     }
                     self.start(now);
@@ -204,13 +178,13 @@ impl DeferredScanner {
                     Some(id) => return Next::Id(id),
                     None => {
                         self.run = None;
-                        self.finished = self.started.take().map(|t| t.elapsed());
-                        super::scan::log_scan_done(self.nflags, self.queue);
+                        self.requests.end();
                     }
                 },
                 Some(Run::Walk { walk, started }) => {
                     let started = *started;
-                    let all = self.flags.contains(ScanFlags::ALL) || self.watch.is_none();
+                    let all =
+                        self.requests.flags().contains(ScanFlags::ALL) || self.watch.is_none();
                     let mut step = Step::Chunk;
                     for _ in 0..WALK_CHUNK {
                         let Some((dir, id)) = walk.next_file() else {
@@ -243,8 +217,7 @@ impl DeferredScanner {
                         Step::Chunk => return Next::Again,
                         Step::End => {
                             self.run = None;
-                            self.finished = self.started.take().map(|t| t.elapsed());
-                            super::scan::log_scan_done(self.nflags, self.queue);
+                            self.requests.end();
                             if self.watch.is_some() {
                                 self.horizon_end = started + HORIZON;
                             }

@@ -24,7 +24,7 @@ mod scan;
 pub use deferred::{DeferredScanner, Next};
 pub use queue_file::{Lock, QueueFile};
 pub use recover::ActiveRecovery;
-pub use scan::{DirWalk, Scanner};
+pub use scan::{DirWalk, ScanRequests, Scanner};
 
 use crate::proto::queue_mode;
 use crate::qmgr::BounceLog;

@@ -95,8 +95,6 @@ impl DirWalk {
     }
 }
 
-/// One queue's scanner: the flags of the run in progress, the flags of the
-/// next run, and the walk.
 /// `qmgr_scan_start`'s `-v` line; "restart" when another scan was asked
 /// for meanwhile.
 pub(super) fn log_scan_start(nflags: ScanFlags, queue: &str) {
@@ -116,36 +114,33 @@ pub(super) fn log_scan_done(nflags: ScanFlags, queue: &str) {
     }
 }
 
+/// What `qmgr_scan.c` keeps of one queue's scans besides the walk: the
+/// flags of the run in progress and of the next run (`QMGR_SCAN`'s
+/// `flags` and `nflags`), and how long the last run took. Both
+/// [`Scanner`] and [`super::deferred::DeferredScanner`] keep their
+/// requests here.
 #[derive(Debug)]
-pub struct Scanner {
+pub struct ScanRequests {
     queue: &'static str,
     flags: ScanFlags,
     nflags: ScanFlags,
-    walk: Option<DirWalk>,
     /// When the run in progress started, and how long the last one took.
     started: Option<std::time::Instant>,
     finished: Option<std::time::Duration>,
 }
 
-impl Scanner {
-    /// A scanner for `queue` (a directory relative to the queue directory).
-    pub fn new(queue: &'static str) -> Scanner {
-        Scanner {
+impl ScanRequests {
+    pub(super) fn new(queue: &'static str) -> ScanRequests {
+        ScanRequests {
             queue,
             flags: ScanFlags::default(),
             nflags: ScanFlags::default(),
-            walk: None,
             started: None,
             finished: None,
         }
     }
 
-    /// How long the last finished run took, once.
-    pub fn take_finished(&mut self) -> Option<std::time::Duration> {
-        self.finished.take()
-    }
-
-    /// The queue this scanner walks.
+    /// The queue (a directory relative to the queue directory).
     pub fn queue(&self) -> &'static str {
         self.queue
     }
@@ -155,31 +150,87 @@ impl Scanner {
         self.flags
     }
 
+    /// How long the last finished run took, once.
+    pub fn take_finished(&mut self) -> Option<std::time::Duration> {
+        self.finished.take()
+    }
+
+    /// Records a request for a scan with `flags` (`qmgr_scan_request`),
+    /// `running` telling whether a run is in progress: `ALL` and
+    /// `FLUSH_DFXP` also apply to that run. Returns true when a run must
+    /// start now (none runs and `START` was asked); the caller then calls
+    /// [`ScanRequests::begin`].
+    pub(super) fn request(&mut self, flags: ScanFlags, running: bool) -> bool {
+        if running {
+            self.flags |= flags.intersection(ScanFlags::ALL | ScanFlags::FLUSH_DFXP);
+        }
+        self.nflags |= flags;
+        if !running && flags.contains(ScanFlags::START) {
+            self.nflags = self.nflags.without(ScanFlags::START);
+            return true;
+        }
+        false
+    }
+
+    /// Whether another run was asked for while one ran.
+    pub(super) fn another(&self) -> bool {
+        self.nflags.contains(ScanFlags::START)
+    }
+
+    /// A run begins (`qmgr_scan_start`): the next run's flags become the
+    /// run's.
+    pub(super) fn begin(&mut self) {
+        log_scan_start(self.nflags, self.queue);
+        self.started = Some(std::time::Instant::now());
+        self.flags = self.nflags;
+        self.nflags = ScanFlags::default();
+    }
+
+    /// The run in progress ended.
+    pub(super) fn end(&mut self) {
+        self.finished = self.started.take().map(|t| t.elapsed());
+        log_scan_done(self.nflags, self.queue);
+    }
+}
+
+/// One queue's scanner: its requests and the walk of the run in progress.
+#[derive(Debug)]
+pub struct Scanner {
+    requests: ScanRequests,
+    walk: Option<DirWalk>,
+}
+
+impl Scanner {
+    /// A scanner for `queue` (a directory relative to the queue directory).
+    pub fn new(queue: &'static str) -> Scanner {
+        Scanner {
+            requests: ScanRequests::new(queue),
+            walk: None,
+        }
+    }
+
+    /// The queue, the flags of the run in progress, the last run's time.
+    pub fn requests(&mut self) -> &mut ScanRequests {
+        &mut self.requests
+    }
+
     /// True while a run is in progress.
     pub fn in_progress(&self) -> bool {
         self.walk.is_some()
     }
 
-    /// Requests a scan with `flags` (`qmgr_scan_request`). `ALL` and
-    /// `FLUSH_DFXP` also apply to the run in progress. The caller handles
-    /// `FLUSH_ONCE` (reviving dead transports and queues).
+    /// Requests a scan with `flags` (`qmgr_scan_request`, see
+    /// [`ScanRequests::request`]). The caller handles `FLUSH_ONCE`
+    /// (reviving dead transports and queues).
     pub fn request(&mut self, flags: ScanFlags) {
-        if self.walk.is_some() {
-            self.flags |= flags.intersection(ScanFlags::ALL | ScanFlags::FLUSH_DFXP);
-        }
-        self.nflags |= flags;
-        if self.walk.is_none() && flags.contains(ScanFlags::START) {
-            self.nflags = self.nflags.without(ScanFlags::START);
+        if self.requests.request(flags, self.walk.is_some()) {
             self.start();
         }
     }
 
     fn start(&mut self) {
-        log_scan_start(self.nflags, self.queue);
-        self.started = Some(std::time::Instant::now());
-        self.flags = self.nflags;
-        self.nflags = ScanFlags::default();
-        self.walk = Some(DirWalk::new(self.queue));
+        self.requests.begin();
+        self.walk = Some(DirWalk::new(self.requests.queue));
     }
 
     /// The next candidate queue id, or `None` when the run is over and no
@@ -190,10 +241,9 @@ impl Scanner {
                 return Some(id);
             }
             self.walk = None;
-            self.finished = self.started.take().map(|t| t.elapsed());
-            log_scan_done(self.nflags, self.queue);
+            self.requests.end();
         }
-        if self.nflags.contains(ScanFlags::START) {
+        if self.requests.another() {
             self.start();
             let id = self
                 .walk
