@@ -9,7 +9,7 @@ mod options;
 mod trigger;
 
 pub use options::{DaemonOptions, ServiceType};
-pub use trigger::{master_gone, spawn_listener, TriggerBytes};
+pub use trigger::{spawn_listener, TriggerBytes};
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};

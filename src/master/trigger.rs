@@ -6,11 +6,13 @@
 //!
 //! After `postfix reload` the master closes its end of the status channel
 //! and at once sends the service a wake-up trigger, meant for the queue
-//! manager it starts next (`master_restart_service`). A trigger is taken only
-//! while the master is still there ([`master_is_gone`]): one that arrives
-//! after it went away stays queued, so the master sees it when this process
-//! has exited and starts the new one (qmgr gets the same effect from the
-//! order in which its event loop reports the two descriptors).
+//! manager it starts next (`master_restart_service`). As in Postfix
+//! (`trigger_server_abort`), the process exits as soon as it sees the
+//! master gone, whatever the event loop is doing: a task waits for that
+//! ([`master_gone`]), and the listener looks first ([`master_is_gone`])
+//! so that it never takes a trigger meant for the next process: one that
+//! arrives after the master went away stays queued, and the master starts
+//! the new queue manager on it once this one has exited.
 
 use super::{notify, ServiceType, LISTEN_FD, STAT_AVAIL, STAT_TAKEN};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -127,7 +129,15 @@ fn recv_fd(sock: RawFd) -> std::io::Result<OwnedFd> {
     Err(std::io::Error::other("no descriptor received"))
 }
 
-/// Starts the listener task for `kind` on fd 6; trigger bytes arrive on `tx`.
+/// Ends the process because the master went away (`trigger_server_abort`):
+/// what was in flight stays in the active queue for the next queue manager.
+fn exit_master_gone() -> ! {
+    tracing::debug!("master disconnect -- exiting");
+    std::process::exit(0);
+}
+
+/// Starts the listener task for `kind` on fd 6 (trigger bytes arrive on
+/// `tx`), and the task that ends the process when the master goes away.
 ///
 /// Errors: the listen descriptor is unusable.
 pub fn spawn_listener(
@@ -135,6 +145,10 @@ pub fn spawn_listener(
     generation: u32,
     tx: UnboundedSender<TriggerBytes>,
 ) -> std::io::Result<()> {
+    tokio::task::spawn_local(async {
+        master_gone().await;
+        exit_master_gone();
+    });
     set_nonblocking(LISTEN_FD);
     match kind {
         ServiceType::Unix | ServiceType::Pass => {
@@ -150,7 +164,7 @@ pub fn spawn_listener(
                         return;
                     };
                     if master_is_gone() {
-                        return;
+                        exit_master_gone();
                     }
                     let conn = match guard.try_io(|l| accept_nonblocking(l.as_raw_fd())) {
                         Ok(Ok(fd)) => fd,
@@ -198,7 +212,7 @@ pub fn spawn_listener(
                         return;
                     };
                     if master_is_gone() {
-                        return;
+                        exit_master_gone();
                     }
                     let _ = notify(generation, STAT_TAKEN);
                     match guard.try_io(|fd| read_nonblocking(fd.as_raw_fd(), &mut buf)) {
@@ -219,7 +233,7 @@ pub fn spawn_listener(
 
 /// Resolves when the master goes away (`postfix reload`, `postfix stop`):
 /// the status descriptor becomes readable (EOF).
-pub async fn master_gone() {
+async fn master_gone() {
     let fd = super::STATUS_FD;
     struct Borrowed(RawFd);
     impl AsRawFd for Borrowed {

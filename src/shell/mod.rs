@@ -308,8 +308,6 @@ impl Daemon {
         mut triggers: mpsc::UnboundedReceiver<TriggerBytes>,
         watchdog: Watchdog,
     ) {
-        let master_gone = crate::master::master_gone();
-        tokio::pin!(master_gone);
         let mut deferred_timer = tokio::time::interval(Duration::from_secs(
             self.params.queue_run_delay.max(1) as u64,
         ));
@@ -374,12 +372,7 @@ impl Daemon {
                 r = self.reports_rx.recv() => {
                     if let Some(r) = r { self.on_report(r).await; }
                 }
-                t = triggers.recv() => {
-                    match t {
-                        Some(t) => self.trigger(&t.0),
-                        None => std::future::pending::<()>().await,
-                    }
-                }
+                Some(t) = triggers.recv() => self.trigger(&t.0),
                 _ = deferred_timer.tick() => {
                     self.scans.deferred.request(ScanFlags::START, crate::now_secs());
                 }
@@ -393,10 +386,6 @@ impl Daemon {
                 }
                 _ = sleep => {
                     self.resolver.close_if_idle(Instant::now());
-                }
-                _ = &mut master_gone => {
-                    tracing::debug!("master went away: exiting");
-                    return;
                 }
             }
         }
