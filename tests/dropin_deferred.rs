@@ -1,7 +1,7 @@
 //! Changes to the deferred queue behind the queue manager's back: released
 //! from hold (`postsuper -H`), requeued (`postsuper -r`), deleted
 //! (`postsuper -d`), flushed (`postqueue -f`), moved in by hand, re-stamped
-//! by hand. rqmgr does not walk the deferred queue at every scan (it keeps
+//! by hand; and mail deferred again while a scan walks the queue. rqmgr does not walk the deferred queue at every scan (it keeps
 //! an index kept honest by inotify, see src/spool/deferred.rs); each test
 //! shows that the mail goes out when, and only when, Postfix's qmgr and
 //! oqmgr would send it.
@@ -20,6 +20,7 @@ dropin_tests!(
     restamped_by_hand_goes_out_when_due,
     requeued_and_deleted_mail,
     flush_sends_what_is_not_due,
+    deferred_again_by_a_flush_is_retried_when_due,
 );
 
 /// A deferred scan every second; mail to `held.example` arrives on hold
@@ -160,4 +161,69 @@ fn flush_sends_what_is_not_due(q: Qmgr) {
     inst.postqueue_f();
     inst.wait_removed(&id);
     inst.check(delivered(&inst, &id), "delivered by the flush");
+}
+
+/// Mail that a `postqueue -f` tries and defers again is retried when it is
+/// due, like any deferred mail: none of it waits for the next full walk of
+/// the queue. 600 messages and room for 50 in the active queue: the
+/// flush's walk waits for room again and again, and meanwhile the first
+/// messages it took come back deferred.
+fn deferred_again_by_a_flush_is_retried_when_due(q: Qmgr) {
+    const N: usize = 600;
+    let inst = Instance::start(
+        Opts::new("defagain", q)
+            .transport("down.example", "smtp:[127.0.0.1]:{closed_port}")
+            .main_cf("queue_run_delay", "1s")
+            .main_cf("minimal_backoff_time", "2s")
+            .main_cf("maximal_backoff_time", "4s")
+            .main_cf("qmgr_message_active_limit", "50")
+            .timeout(Duration::from_secs(90)),
+    );
+    let from = inst.local_addr("sender");
+    let n = N.to_string();
+    inst.smtp_source(&["-s", "5", "-m", &n, "-f", &from, "-t", "x@down.example"]);
+    let deferred = |l: &support::LogLine| l.status() == Some("deferred");
+    inst.wait_for_log("every message deferred once", |lines| {
+        distinct_ids(lines.iter().filter(|l| deferred(l))) == N
+    });
+    let flushed_at = inst.log_lines().len();
+    inst.postqueue_f();
+    // For each message: its first attempt after the flush, then one more.
+    inst.wait_progress(
+        "every message tried again after the flush was tried",
+        || {
+            let lines = inst.log_lines();
+            let mut first_after: std::collections::HashMap<&str, usize> = Default::default();
+            let mut again = std::collections::HashSet::new();
+            for (i, l) in lines.iter().enumerate().skip(flushed_at) {
+                let (true, Some(id)) = (deferred(l), l.queue_id()) else {
+                    continue;
+                };
+                match first_after.get(id) {
+                    None => {
+                        first_after.insert(id, i);
+                    }
+                    Some(_) => {
+                        again.insert(id);
+                    }
+                }
+            }
+            if again.len() == N {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of {N} tried after the flush, {} of them tried again since",
+                    first_after.len(),
+                    again.len()
+                ))
+            }
+        },
+    );
+}
+
+fn distinct_ids<'a>(lines: impl Iterator<Item = &'a support::LogLine>) -> usize {
+    lines
+        .filter_map(|l| l.queue_id())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }

@@ -12,9 +12,12 @@
 //! rqmgr's back: inotify watches the deferred queue and its hash
 //! directories, and every file created, moved in or out, deleted or
 //! re-stamped (`postsuper -H`/`-r`/`-d`, `postqueue -f`, `mv`, `touch`) is
-//! looked at again. Where inotify is not available every scan is a full
-//! walk, as in Postfix. Whatever the index says, the feed checks each file
-//! again (`mail_open_ok`, the time stamp) before it takes it.
+//! looked at again, and so is each file rqmgr itself defers again while a
+//! full walk runs (a `postqueue -f` larger than the active queue): behind
+//! the walk, only the events see it. Where inotify is not available every
+//! scan is a full walk, as in Postfix. Whatever the index says, the feed
+//! checks each file again (`mail_open_ok`, the time stamp) before it takes
+//! it.
 
 use super::scan::{DirWalk, ScanRequests};
 use crate::qmgr::ScanFlags;
@@ -58,8 +61,13 @@ struct Watch {
 /// The run in progress.
 enum Run {
     /// A full walk; `started`: when (its index is good until started +
-    /// HORIZON).
-    Walk { walk: DirWalk, started: i64 },
+    /// HORIZON); `trusted`: no inotify event was lost since it started,
+    /// so that at its end the index is complete.
+    Walk {
+        walk: DirWalk,
+        started: i64,
+        trusted: bool,
+    },
     /// The remembered files that were due when the run started.
     Indexed(std::vec::IntoIter<String>),
 }
@@ -160,6 +168,7 @@ impl DeferredScanner {
             Run::Walk {
                 walk: DirWalk::new(self.requests.queue()),
                 started: now,
+                trusted: true,
             }
         });
     }
@@ -181,8 +190,12 @@ impl DeferredScanner {
                         self.requests.end();
                     }
                 },
-                Some(Run::Walk { walk, started }) => {
-                    let started = *started;
+                Some(Run::Walk {
+                    walk,
+                    started,
+                    trusted,
+                }) => {
+                    let (started, trusted) = (*started, *trusted);
                     let all =
                         self.requests.flags().contains(ScanFlags::ALL) || self.watch.is_none();
                     let mut step = Step::Chunk;
@@ -218,7 +231,7 @@ impl DeferredScanner {
                         Step::End => {
                             self.run = None;
                             self.requests.end();
-                            if self.watch.is_some() {
+                            if self.watch.is_some() && trusted {
                                 self.horizon_end = started + HORIZON;
                             }
                         }
@@ -230,28 +243,54 @@ impl DeferredScanner {
 
     /// rqmgr moved `id` into the deferred queue, due at `due` (seconds).
     pub fn added(&mut self, id: &str, due: i64) {
-        if due < self.horizon_end {
+        if due < self.remember_before() {
             self.index.insert(id.into(), due);
+        }
+    }
+
+    /// Files due before this are remembered: the index's horizon or, while
+    /// a full walk runs, the horizon the walk vouches for at its end. A
+    /// file that comes back into the queue behind the walk is seen only
+    /// here: the walk has passed it.
+    fn remember_before(&self) -> i64 {
+        match &self.run {
+            Some(Run::Walk {
+                started,
+                trusted: true,
+                ..
+            }) => started + HORIZON,
+            _ => self.horizon_end,
+        }
+    }
+
+    /// Events were lost: the index is incomplete until a full walk that
+    /// starts after now.
+    fn forget(&mut self) {
+        self.horizon_end = 0;
+        if let Some(Run::Walk { trusted, .. }) = &mut self.run {
+            *trusted = false;
         }
     }
 
     /// Reads what inotify reported and brings the index up to date.
     pub fn apply_events(&mut self) {
+        let keep_before = self.remember_before();
         let Some(w) = &mut self.watch else { return };
+        let mut lost = false;
         loop {
             let events = match w.inotify.read_events() {
                 Ok(ev) => ev,
-                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EAGAIN) => break,
                 Err(e) => {
                     tracing::warn!("inotify: read: {}", e.desc());
-                    self.horizon_end = 0;
-                    return;
+                    lost = true;
+                    break;
                 }
             };
             for ev in events {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     // Events were lost: the next scan walks everything.
-                    self.horizon_end = 0;
+                    lost = true;
                     continue;
                 }
                 let (Some(dir), Some(name)) = (w.dirs.get(&ev.wd), ev.name) else {
@@ -268,7 +307,7 @@ impl DeferredScanner {
                         // A new hash directory: watch it; what came into it
                         // before the watch is seen by a full walk, next.
                         w.add(path);
-                        self.horizon_end = 0;
+                        lost = true;
                     }
                     continue;
                 }
@@ -283,7 +322,7 @@ impl DeferredScanner {
                     continue; // rqmgr's own move, already indexed
                 }
                 match mtime(&path) {
-                    Some(t) if t < self.horizon_end => {
+                    Some(t) if t < keep_before => {
                         self.index.insert(name.into(), t);
                     }
                     _ => {
@@ -291,6 +330,9 @@ impl DeferredScanner {
                     }
                 }
             }
+        }
+        if lost {
+            self.forget();
         }
     }
 }
