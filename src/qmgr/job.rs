@@ -64,8 +64,15 @@ impl<R> Core<R> {
     /// Finds or creates the job of `msg` on transport `t` and links it onto
     /// the job lists (`qmgr_job_obtain`).
     pub(super) fn job_obtain(&mut self, msg: MessageId, t: TransportId) -> JobId {
-        let job = match self.job_by_key.get(&(msg, t)) {
-            Some(&j) => j,
+        // A message has a job per transport it has mail for: a few at most
+        // (`qmgr_job_find` looks in the transport's table by queue id).
+        let found = self.messages[msg]
+            .jobs
+            .iter()
+            .copied()
+            .find(|&j| self.jobs[j].transport == t);
+        let job = match found {
+            Some(j) => j,
             None => {
                 let j = self.jobs.insert(Job {
                     msg,
@@ -83,7 +90,6 @@ impl<R> Core<R> {
                     rcpt_count: 0,
                     rcpt_limit: 0,
                 });
-                self.job_by_key.insert((msg, t), j);
                 self.messages[msg].jobs.push(j);
                 j
             }
@@ -270,8 +276,7 @@ impl<R> Core<R> {
         if self.transports[t].job_next_unread == Some(job) {
             self.transports[t].job_next_unread = None;
         }
-        let j = self.jobs.remove(job);
-        self.job_by_key.remove(&(j.msg, j.transport));
+        self.jobs.remove(job);
     }
 
     /// Takes a job off its preemption stack (`qmgr_job_pop`): the parent

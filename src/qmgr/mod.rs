@@ -287,7 +287,6 @@ pub struct Core<R> {
     jobs: Slab<JobId, job::Job>,
     job_list_links: Links<JobId>,
     job_time_links: Links<JobId>,
-    job_by_key: HashMap<(MessageId, TransportId), JobId>,
     messages: Slab<MessageId, message::Message>,
     /// Recipients in the core (`qmgr_recipient_count`).
     recipient_count: i64,
@@ -324,7 +323,6 @@ impl<R> Core<R> {
             jobs: Slab::default(),
             job_list_links: Links::default(),
             job_time_links: Links::default(),
-            job_by_key: HashMap::new(),
             messages: Slab::default(),
             recipient_count: 0,
             probes: 0,
