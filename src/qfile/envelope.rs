@@ -8,6 +8,7 @@ use super::record::{rec, RecordReader};
 use crate::log::addr;
 use crate::proto::deliver_flag as del_flag;
 use std::io::{Read, Seek};
+use std::ops::Range;
 
 /// `C` record flag bit 0: recipients are mixed with other records, so the
 /// whole file must be read before it can be trusted (`global/qmgr_user.h`).
@@ -250,8 +251,9 @@ fn atol(s: &[u8]) -> i64 {
     leading_long(s).map_or(0, |(v, _)| v)
 }
 
-/// Parses `name=value` as `split_nameval` does.
-fn split_attr(data: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+/// Parses `name=value` as `split_nameval` does: the ranges of the name and
+/// of the value (white space trimmed) in `data`.
+fn split_attr(data: &[u8]) -> Result<(Range<usize>, Range<usize>), &'static str> {
     let trim = |s: &[u8]| -> (usize, usize) {
         let start = s
             .iter()
@@ -264,24 +266,21 @@ fn split_attr(data: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
         (start, end.max(start))
     };
     let (s, _) = trim(data);
-    let rest = &data[s..];
-    let name_end = rest
+    let name_len = data[s..]
         .iter()
         .position(|&c| c == b'=' || c.is_ascii_whitespace())
         .ok_or("missing '=' after attribute name")?;
-    if name_end == 0 {
+    if name_len == 0 {
         return Err("missing attribute name");
     }
-    let name = &rest[..name_end];
-    let after = &rest[name_end..];
-    let (a, _) = trim(after);
-    let after = &after[a..];
-    if after.first() != Some(&b'=') {
+    let name = s..s + name_len;
+    let (a, _) = trim(&data[name.end..]);
+    let eq = name.end + a;
+    if data.get(eq) != Some(&b'=') {
         return Err("missing '=' after attribute name");
     }
-    let value = &after[1..];
-    let (vs, ve) = trim(value);
-    Ok((name, &value[vs..ve]))
+    let (vs, ve) = trim(&data[eq + 1..]);
+    Ok((name, eq + 1 + vs..eq + 1 + ve))
 }
 
 /// Maps the five attribute names that stand for pseudo record types (`rec_attr_map`).
@@ -464,7 +463,8 @@ fn read_records<R: Read + Seek>(
             break Ok(());
         }
         let mut rtype = rtype;
-        let mut attr: Option<(Vec<u8>, Vec<u8>)> = None;
+        // The attribute's name and value, as ranges of `buf`.
+        let mut attr: Option<(Range<usize>, Range<usize>)> = None;
         if rtype == rec::ATTR {
             match split_attr(&buf) {
                 Err(why) => {
@@ -475,11 +475,12 @@ fn read_records<R: Read + Seek>(
                     break Err(Rejected);
                 }
                 Ok((name, value)) => {
-                    if let Some(t) = attr_pseudo_type(name) {
+                    if let Some(t) = attr_pseudo_type(&buf[name.clone()]) {
                         rtype = t;
-                        buf = value.to_vec();
+                        buf.truncate(value.end);
+                        buf.drain(..value.start);
                     } else {
-                        attr = Some((name.to_vec(), value.to_vec()));
+                        attr = Some((name, value));
                     }
                 }
             }
@@ -715,7 +716,14 @@ fn read_records<R: Read + Seek>(
             _ => {}
         }
         if let Some((name, value)) = attr {
-            apply_attribute(env, id, &name, &value, curr, &mut have_log_client_attr);
+            apply_attribute(
+                env,
+                id,
+                &buf[name],
+                &buf[value],
+                curr,
+                &mut have_log_client_attr,
+            );
         }
     };
     if outcome.is_ok() {
