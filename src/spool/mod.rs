@@ -74,16 +74,13 @@ pub fn must<T>(
 ) -> Option<T> {
     match result {
         Ok(v) => Some(v),
-        Err(e) => {
-            let text = format!("{}: {}", what(), crate::log::errno_text(&e));
-            if e.kind() != io::ErrorKind::NotFound {
-                crate::log::fatal(&text);
-            }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if if_vanished == IfVanished::Warn {
-                tracing::warn!("{text}");
+                tracing::warn!("{}: {}", what(), crate::log::errno_text(&e));
             }
             None
         }
+        Err(e) => crate::log::fatal(&format!("{}: {}", what(), crate::log::errno_text(&e))),
     }
 }
 
