@@ -10,6 +10,7 @@ use super::scan::ScanFlags;
 use super::{Core, EntryId, JobId, MessageId, QueueId, Reason, TransportId};
 use crate::address;
 use crate::proto::{deliver_flag, resolve_flag, service};
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::rc::Rc;
 use std::time::Instant;
@@ -35,7 +36,9 @@ pub(super) struct Message {
     pub(super) queued_time: u64,
     /// Seconds of the last read (`refill_time`).
     pub(super) refill_time: u64,
-    pub(super) jobs: Vec<JobId>,
+    /// Its jobs, one per transport it has mail for: one or two in
+    /// nearly every message, kept in place (no allocation).
+    pub(super) jobs: SmallVec<[JobId; 2]>,
     pub(super) refill_pending: bool,
     /// One recipient per delivery (VERP).
     pub(super) single_rcpt: bool,
@@ -147,7 +150,7 @@ impl<R> Core<R> {
             fresh: true,
             queued_time: secs,
             refill_time: 0,
-            jobs: Vec::new(),
+            jobs: SmallVec::new(),
             refill_pending: false,
             single_rcpt: false,
             last_entry: None,
