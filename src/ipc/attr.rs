@@ -245,7 +245,10 @@ impl AttrList {
     ///
     /// Errors: [`AttrError::TooLarge`].
     pub fn parse(input: &[u8]) -> Result<Option<(AttrList, usize)>, AttrError> {
-        let mut list = AttrList::default();
+        let mut list = AttrList {
+            text: Vec::with_capacity(input.len().min(512)),
+            ends: Vec::with_capacity(16),
+        };
         let mut pos = 0;
         loop {
             let Some(nul) = input[pos..].iter().position(|&c| c == 0) else {
@@ -291,6 +294,33 @@ impl AttrList {
         reader: &mut R,
         per_read: Option<std::time::Duration>,
     ) -> Result<AttrList, AttrError> {
+        // A peer writes a list with one write: once the first bytes are
+        // in, the whole list usually is, and parses in one go.
+        let first = match per_read {
+            None => reader.fill_buf().await,
+            Some(t) => match poll_buffered(reader).await {
+                Some(Ok(())) => reader.fill_buf().await,
+                Some(Err(e)) => Err(e),
+                None => match tokio::time::timeout(t, reader.fill_buf()).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(AttrError::NoReply),
+                },
+            },
+        }?;
+        if first.is_empty() {
+            return Err(AttrError::Closed);
+        }
+        if let Some((list, used)) = AttrList::parse(first)? {
+            reader.consume(used);
+            if crate::log::verbose() {
+                for (name, value) in list.pairs() {
+                    tracing::debug!("input attribute name: {}", String::from_utf8_lossy(name));
+                    tracing::debug!("input attribute value: {}", String::from_utf8_lossy(value));
+                }
+                tracing::debug!("input attribute name: (end)");
+            }
+            return Ok(list);
+        }
         let mut list = AttrList {
             text: Vec::with_capacity(128),
             ends: Vec::with_capacity(16),
