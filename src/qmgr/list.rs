@@ -129,6 +129,64 @@ impl<K: Key, T> std::ops::IndexMut<K> for Slab<K, T> {
     }
 }
 
+/// Values kept beside a slab's items, under the same keys (the shell's
+/// record of each message the core holds): one slot per key, no hashing.
+#[derive(Debug)]
+pub struct SideTable<K, T> {
+    items: Vec<Option<T>>,
+    key: PhantomData<K>,
+}
+
+impl<K, T> Default for SideTable<K, T> {
+    fn default() -> Self {
+        SideTable {
+            items: Vec::new(),
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K: Key, T> SideTable<K, T> {
+    /// Stores `item` under `k`; returns what was there.
+    pub fn insert(&mut self, k: K, item: T) -> Option<T> {
+        let i = k.index();
+        if i >= self.items.len() {
+            self.items.resize_with(i + 1, || None);
+        }
+        self.items[i].replace(item)
+    }
+
+    /// The item under `k`, if any.
+    pub fn get(&self, k: K) -> Option<&T> {
+        self.items.get(k.index()).and_then(Option::as_ref)
+    }
+
+    /// The item under `k`, if any.
+    pub fn get_mut(&mut self, k: K) -> Option<&mut T> {
+        self.items.get_mut(k.index()).and_then(Option::as_mut)
+    }
+
+    /// Takes the item under `k` out, if any.
+    pub fn remove(&mut self, k: K) -> Option<T> {
+        self.items.get_mut(k.index()).and_then(Option::take)
+    }
+
+    /// The items with their keys, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (K, &T)> + '_ {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| x.as_ref().map(|x| (K::from_index(i), x)))
+    }
+}
+
+impl<K: Key, T> std::ops::Index<K> for SideTable<K, T> {
+    type Output = T;
+    fn index(&self, k: K) -> &T {
+        self.get(k).expect("side table: no item under this key")
+    }
+}
+
 /// "No item" inside a link (never seen outside this module).
 const NIL: u32 = u32::MAX;
 
@@ -310,6 +368,30 @@ mod tests {
 
     fn ids(l: &List<Id>, links: &Links<Id>) -> Vec<usize> {
         l.items(links).into_iter().map(Key::index).collect()
+    }
+
+    #[test]
+    fn side_table_follows_the_keys_it_is_given() {
+        let mut slab: Slab<Id, &str> = Slab::default();
+        let mut side: SideTable<Id, String> = SideTable::default();
+        let a = slab.insert("a");
+        let b = slab.insert("b");
+        assert!(side.insert(b, "B".into()).is_none());
+        assert_eq!(side.get(a), None);
+        assert_eq!(side[b], "B");
+        side.get_mut(b).unwrap().push('!');
+        assert_eq!(
+            side.iter().collect::<Vec<_>>(),
+            vec![(b, &"B!".to_string())]
+        );
+        assert_eq!(side.remove(b).as_deref(), Some("B!"));
+        assert_eq!(side.remove(b), None);
+        slab.remove(b);
+        // A reused slot is a new item beside it too.
+        let c = slab.insert("c");
+        assert_eq!(c, b);
+        assert!(side.insert(c, "C".into()).is_none());
+        assert_eq!(side[c], "C");
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub use deliver::{AgentReply, DeliveryTimes, Outcome};
 pub use entry::Entry;
 pub use event::{ClogAdvice, Disposition, Event, FeedbackFn, Trace};
 pub use feedback::Feedback;
+pub use list::SideTable;
 pub use message::{resolve_order, Assigned, Lookup, MessageFacts, Resolution};
 pub use scan::ScanFlags;
 pub use snapshot::Snapshot;

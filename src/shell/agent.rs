@@ -69,7 +69,7 @@ impl Daemon {
             return;
         };
         let entry = self.core.entry(e);
-        let m = &self.messages[&entry.msg];
+        let m = &self.messages[entry.msg];
         let request = encode_request(&Request {
             queue_id: &m.queue_id,
             env: &m.env,

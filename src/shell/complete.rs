@@ -20,7 +20,7 @@ impl Daemon {
     /// Carries out one completion step; synchronous ones are answered at
     /// once, notices when the service replies ([`Report::Notified`]).
     pub(super) async fn completion_step(&mut self, msg: MessageId, step: Step) {
-        let Some(m) = self.messages.get(&msg) else {
+        let Some(m) = self.messages.get(msg) else {
             return;
         };
         let id = m.queue_id.clone();
@@ -101,7 +101,7 @@ impl Daemon {
     /// `<id>: status=deferred (<what> failed)` (`abounce_done`), without
     /// a warning for a connect or write that failed, as abounce gives none.
     fn spawn_notice(&self, msg: MessageId, notice: Notice) -> Option<Fact> {
-        let m = &self.messages[&msg];
+        let m = &self.messages[msg];
         let request = notice.request(&m.queue_id, &m.env);
         let service = notice.service(&self.services).to_string();
         let tx = self.reports_tx.clone();
@@ -134,7 +134,7 @@ impl Daemon {
 
     /// What qmgr's own disposition of `rcpt` needs to know.
     fn disposal<'a>(&'a self, msg: MessageId, rcpt: &'a Recipient) -> Option<Disposal<'a>> {
-        let m = self.messages.get(&msg)?;
+        let m = self.messages.get(msg)?;
         Some(Disposal {
             flags: m.env.tflags,
             queue_id: &m.queue_id,
@@ -155,7 +155,7 @@ impl Daemon {
         rcpts: &[Recipient],
         reason: &Reason,
     ) {
-        let Some(m) = self.messages.get(&msg) else {
+        let Some(m) = self.messages.get(msg) else {
             return;
         };
         let file = QueueFile::open(&self.spool, &m.queue_id);

@@ -123,7 +123,7 @@ impl Daemon {
             self.spool.save_corrupt(id);
             // The message leaves the core with no entries and no steps.
             self.core.message_rejected(msg);
-            self.messages.remove(&msg);
+            self.messages.remove(msg);
             return false;
         };
         if let Some(mode) = new_mode {
@@ -146,7 +146,7 @@ impl Daemon {
         file: &QueueFile,
     ) -> Result<Vec<Recipient>, qfile::Rejected> {
         let limit = self.core.read_limit(msg);
-        let m = self.messages.get_mut(&msg).expect("message in core");
+        let m = self.messages.get_mut(msg).expect("message in core");
         if self.core.settings().strategy == crate::qmgr::Strategy::Nqmgr {
             tracing::debug!("{}: recipient limit {limit}", m.queue_id);
         }
@@ -188,7 +188,7 @@ impl Daemon {
     /// core (`qmgr_message_realloc`). Returns false if the file is gone or
     /// damaged (the caller decides what that means).
     pub(super) async fn read_more(&mut self, msg: MessageId) -> bool {
-        let Some(m) = self.messages.get(&msg) else {
+        let Some(m) = self.messages.get(msg) else {
             return false;
         };
         tracing::debug!(
@@ -237,7 +237,7 @@ impl Daemon {
             tracing::debug!("end sorted recipient list");
         }
         let (sender, tflags, filter, redirect) = {
-            let env = &self.messages[&msg].env;
+            let env = &self.messages[msg].env;
             (
                 Box::<[u8]>::from(env.texts.or_empty(Text::Sender)),
                 env.tflags,

@@ -33,9 +33,8 @@ use crate::ipc::verify::Verify;
 use crate::master::{Flow, TriggerBytes, Watchdog};
 use crate::qfile::{Envelope, Recipient};
 use crate::qmgr::scan::{FeedOrder, ScanQueue};
-use crate::qmgr::{Action, Core, Event, MessageId, ScanFlags, Settings, Strategy};
+use crate::qmgr::{Action, Core, Event, MessageId, ScanFlags, Settings, SideTable, Strategy};
 use crate::spool::{self, DeferredScanner, Next, Scanner, Spool};
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
@@ -171,7 +170,7 @@ pub struct Daemon {
     spool: Spool,
     core: Core<Recipient>,
     /// Boxed: a table of 560-byte values would hold empty ones too.
-    messages: HashMap<MessageId, Box<InCore>>,
+    messages: SideTable<MessageId, Box<InCore>>,
     scans: Scans,
     /// Files left in `active` at start-up, not yet moved to `incoming`.
     recovery: Option<spool::ActiveRecovery>,
@@ -205,7 +204,7 @@ impl Daemon {
         Daemon {
             spool: Spool::new(&params.hash_queue_names, params.hash_queue_depth),
             core,
-            messages: HashMap::new(),
+            messages: SideTable::default(),
             scans: Scans {
                 incoming: Scanner::new(spool::INCOMING),
                 deferred: DeferredScanner::new(spool::DEFERRED),
@@ -424,14 +423,14 @@ impl Daemon {
                 Event::Trace(t) => {
                     let line = logging::trace_line(&t, |m| {
                         self.messages
-                            .get(&m)
+                            .get(m)
                             .map_or_else(|| "?".into(), |m| m.queue_id.clone())
                     });
                     tracing::debug!("{line}");
                 }
                 Event::MessageFinished { msg, .. } => {
                     logging::log_event(&event, self.core.settings());
-                    if let Some(m) = self.messages.remove(&msg) {
+                    if let Some(m) = self.messages.remove(msg) {
                         if let Some(metrics) = &self.metrics {
                             let (s, us) = m.active_arrival;
                             let (ns, nus) = crate::now_timeval();

@@ -151,8 +151,8 @@ impl Daemon {
                     .messages
                     .iter()
                     .find(|(_, m)| m.queue_id == *id)
-                    .map(|(&k, _)| k);
-                let queue_id_of = |m: MessageId| self.messages.get(&m).map(|m| m.queue_id.clone());
+                    .map(|(k, _)| k);
+                let queue_id_of = |m: MessageId| self.messages.get(m).map(|m| m.queue_id.clone());
                 let address =
                     |r: &crate::qfile::Recipient| String::from_utf8_lossy(&r.address).into_owned();
                 match msg {
@@ -182,7 +182,7 @@ impl Daemon {
         let snap = self.core.snapshot(clock.now);
         let of = |m: MessageId| {
             self.messages
-                .get(&m)
+                .get(m)
                 .map(|m| (m.queue_id.clone(), m.env.create_time))
         };
         Backlog::from_snapshot(
