@@ -28,10 +28,13 @@ pub use scan::{DirWalk, ScanRequests, Scanner};
 
 use crate::proto::queue_mode;
 use crate::qmgr::BounceLog;
+use smallvec::SmallVec;
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where [`Spool::defer`] put a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +130,35 @@ fn hash_key(id: &str) -> std::borrow::Cow<'_, str> {
     id.into()
 }
 
+/// Bytes of a [`QueuePath`] kept in place: a queue name, the hash
+/// directories and a long queue id fit.
+const QUEUE_PATH_INLINE: usize = 64;
+
+/// A queue file's path relative to the queue directory
+/// ([`Spool::path`]), a [`Path`] without an allocation for the usual
+/// lengths: queue file operations build several for each message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct QueuePath(SmallVec<[u8; QUEUE_PATH_INLINE]>);
+
+impl std::ops::Deref for QueuePath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.0))
+    }
+}
+
+impl AsRef<Path> for QueuePath {
+    fn as_ref(&self) -> &Path {
+        self
+    }
+}
+
+impl std::fmt::Debug for QueuePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// The queue directory layout: which queues are hashed and how deep.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -145,32 +177,33 @@ impl Spool {
 
     /// The directory of `id` in `queue`, with a trailing slash (`mail_queue_dir`).
     pub fn dir(&self, queue: &str, id: &str) -> String {
-        let mut dir = String::with_capacity(queue.len() + 1 + 2 * self.depth);
+        let mut dir = SmallVec::new();
         self.push_dir(&mut dir, queue, id);
-        dir
+        String::from_utf8_lossy(&dir).into_owned()
     }
 
-    /// Appends the directory of `id` in `queue` to `out`.
-    fn push_dir(&self, out: &mut String, queue: &str, id: &str) {
-        out.push_str(queue);
-        out.push('/');
+    fn push_dir(&self, out: &mut SmallVec<[u8; QUEUE_PATH_INLINE]>, queue: &str, id: &str) {
+        out.extend_from_slice(queue.as_bytes());
+        out.push(b'/');
         if self.hashed.iter().any(|q| q.eq_ignore_ascii_case(queue)) {
             let key = hash_key(id);
             let mut chars = key.chars();
+            let mut utf8 = [0u8; 4];
             for _ in 0..self.depth {
-                out.push(chars.next().unwrap_or('_'));
-                out.push('/');
+                let c = chars.next().unwrap_or('_');
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                out.push(b'/');
             }
         }
     }
 
     /// The path of `id` in `queue`, relative to the queue directory
-    /// (`mail_queue_path`); one allocation, of the path's length.
-    pub fn path(&self, queue: &str, id: &str) -> PathBuf {
-        let mut p = String::with_capacity(queue.len() + 1 + 2 * self.depth + id.len());
+    /// (`mail_queue_path`); no allocation for the usual lengths.
+    pub fn path(&self, queue: &str, id: &str) -> QueuePath {
+        let mut p = SmallVec::new();
         self.push_dir(&mut p, queue, id);
-        p.push_str(id);
-        PathBuf::from(p)
+        p.extend_from_slice(id.as_bytes());
+        QueuePath(p)
     }
 
     /// The readiness test of `global/mail_open_ok.c`: a valid id, a regular
@@ -414,23 +447,23 @@ mod tests {
     fn hashed_paths() {
         let s = Spool::new(&["deferred".into(), "defer".into()], 1);
         assert_eq!(
-            s.path("deferred", "D9561992042"),
-            PathBuf::from("deferred/D/D9561992042")
+            &*s.path("deferred", "D9561992042"),
+            Path::new("deferred/D/D9561992042")
         );
         assert_eq!(
-            s.path("DEFER", "D0D39992097"),
-            PathBuf::from("DEFER/D/D0D39992097")
+            &*s.path("DEFER", "D0D39992097"),
+            Path::new("DEFER/D/D0D39992097")
         );
         assert_eq!(
-            s.path("active", "D0D39992097"),
-            PathBuf::from("active/D0D39992097")
+            &*s.path("active", "D0D39992097"),
+            Path::new("active/D0D39992097")
         );
         let s2 = Spool::new(&["deferred".into()], 2);
         assert_eq!(
-            s2.path("deferred", "D0D39992097"),
-            PathBuf::from("deferred/D/0/D0D39992097")
+            &*s2.path("deferred", "D0D39992097"),
+            Path::new("deferred/D/0/D0D39992097")
         );
-        assert_eq!(s2.path("deferred", "A"), PathBuf::from("deferred/A/_/A"));
+        assert_eq!(&*s2.path("deferred", "A"), Path::new("deferred/A/_/A"));
     }
 
     #[test]
@@ -438,8 +471,8 @@ mod tests {
         // 4 base-52 chars before the 'z' encode the microseconds: "0001" = 1 -> "00001".
         let s = Spool::new(&["deferred".into()], 1);
         assert_eq!(
-            s.path("deferred", "4Xy2Bc0001zLbJ"),
-            PathBuf::from("deferred/0/4Xy2Bc0001zLbJ")
+            &*s.path("deferred", "4Xy2Bc0001zLbJ"),
+            Path::new("deferred/0/4Xy2Bc0001zLbJ")
         );
         // 847387 us = 0xCEE1B -> directory "C".
         let usec = 847387u64;

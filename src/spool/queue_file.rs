@@ -6,19 +6,20 @@
 //! (`global/deliver_completed.c`, `qmgr_message_kill_record`,
 //! `qmgr_message_update_warn`), and the file mode reset.
 
+use super::QueuePath;
 use super::{must, IfVanished, Spool, ACTIVE};
 use crate::qfile;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::Path;
 
 /// An open queue file of the active queue.
 #[derive(Debug)]
 pub struct QueueFile {
     file: File,
-    path: PathBuf,
+    path: QueuePath,
     /// The size as the caller already knows it (from the lstat before the
     /// file was moved into active), to spare an fstat.
     known_size: Option<u64>,
@@ -57,7 +58,7 @@ impl QueueFile {
     }
 
     /// The path, relative to the queue directory.
-    pub fn path(&self) -> &PathBuf {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
