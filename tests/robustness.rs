@@ -1255,7 +1255,7 @@ fn regression_non_ascii_long_id() {
     assert!(!queue_id_ok(id));
     let _ = spool.path("deferred", id);
     assert_eq!(
-        spool.path("deferred", "4Xy2Bc0001zLbJ"),
+        &*spool.path("deferred", "4Xy2Bc0001zLbJ"),
         Path::new("deferred/0/4Xy2Bc0001zLbJ")
     );
 }
