@@ -21,6 +21,7 @@ dropin_tests!(
     requeued_and_deleted_mail,
     flush_sends_what_is_not_due,
     deferred_again_by_a_flush_is_retried_when_due,
+    released_into_hash_directories_fixed_by_hand_goes_out,
 );
 
 /// A deferred scan every second; mail to `held.example` arrives on hold
@@ -226,4 +227,55 @@ fn distinct_ids<'a>(lines: impl Iterator<Item = &'a support::LogLine>) -> usize 
         .filter_map(|l| l.queue_id())
         .collect::<std::collections::HashSet<_>>()
         .len()
+}
+
+/// The deferred queue's hash directories are re-made by hand as root with
+/// mode 0700 (unreadable for the queue manager), and fixed with `chown` a
+/// few seconds later; then held mail is released into them. It goes out
+/// at the next deferred scan (`postkick qmgr D`), since the queue
+/// manager can read the directories again: neither a failed look into a
+/// directory nor a failed inotify watch may leave them out of the scans.
+fn released_into_hash_directories_fixed_by_hand_goes_out(q: Qmgr) {
+    let inst = Instance::start(
+        opts("defdirs", q)
+            // Postfix's qmgr ends at the unreadable directory (fatal:
+            // scan_dir_push) and master starts it again: expected here.
+            .main_cf("service_throttle_time", "1s")
+            .fail_fast(false),
+    );
+    let ids: Vec<String> = (0..4).map(|i| held(&inst, &format!("dirs{i}"))).collect();
+    let deferred = inst.spool().join("deferred");
+    for e in std::fs::read_dir(&deferred).expect("read deferred") {
+        let e = e.expect("deferred entry");
+        if e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).expect("remove a hash directory");
+        }
+    }
+    let hex = "0123456789ABCDEF";
+    for c in hex.chars() {
+        let dir = deferred.join(c.to_string());
+        std::fs::create_dir(&dir).expect("mkdir hash directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    // Several deferred scans (one a second) find them unreadable.
+    std::thread::sleep(Duration::from_secs(3));
+    for c in hex.chars() {
+        chown(
+            deferred.join(c.to_string()),
+            Some(sys::uid_of("postfix")),
+            None,
+        )
+        .expect("chown");
+    }
+    inst.postsuper(&["-H", "ALL"]);
+    // A deferred scan now (and a new Postfix qmgr, whose predecessor
+    // ended at the unreadable directory).
+    inst.postkick_qmgr("D");
+    for id in &ids {
+        inst.wait_removed(id);
+        inst.check(
+            delivered(&inst, id),
+            &format!("{id} delivered after the release"),
+        );
+    }
 }

@@ -220,10 +220,18 @@ impl DeferredScanner {
                         }
                     }
                     let entered = walk.take_entered();
+                    let mut watched = true;
                     if let Some(w) = &mut self.watch {
                         for dir in entered {
-                            w.add(dir);
+                            watched &= w.add(dir);
                         }
+                    }
+                    let missed = walk.incomplete();
+                    let trusted = trusted && watched && !missed;
+                    if !trusted {
+                        // What inotify cannot see, or the walk could not
+                        // read, only a later walk finds.
+                        self.forget();
                     }
                     match step {
                         Step::Id(id) => return Next::Id(id),
@@ -306,7 +314,7 @@ impl DeferredScanner {
                     {
                         // A new hash directory: watch it; what came into it
                         // before the watch is seen by a full walk, next.
-                        w.add(path);
+                        let _ = w.add(path);
                         lost = true;
                     }
                     continue;
@@ -338,7 +346,8 @@ impl DeferredScanner {
 }
 
 impl Watch {
-    fn add(&mut self, dir: PathBuf) {
+    /// Watches `dir`; false (warned about) if inotify cannot.
+    fn add(&mut self, dir: PathBuf) -> bool {
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_MOVED_FROM
@@ -351,8 +360,12 @@ impl Watch {
         match self.inotify.add_watch(&dir, flags) {
             Ok(wd) => {
                 self.dirs.insert(wd, dir);
+                true
             }
-            Err(e) => tracing::warn!("inotify: watch {}: {}", dir.display(), e.desc()),
+            Err(e) => {
+                tracing::warn!("inotify: watch {}: {}", dir.display(), e.desc());
+                false
+            }
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct DirWalk {
     stack: Vec<(PathBuf, ReadDir)>,
     /// Directories entered since the last [`DirWalk::take_entered`].
     entered: Vec<PathBuf>,
+    /// A directory could not be opened or read: the walk missed what is
+    /// in it.
+    incomplete: bool,
 }
 
 impl DirWalk {
@@ -24,6 +27,7 @@ impl DirWalk {
         let mut walk = DirWalk {
             stack: Vec::new(),
             entered: Vec::new(),
+            incomplete: false,
         };
         walk.enter(PathBuf::from(queue), true);
         walk
@@ -35,20 +39,32 @@ impl DirWalk {
                 self.entered.push(dir.clone());
                 self.stack.push((dir, rd));
             }
-            Err(e) if top => tracing::warn!(
-                "open directory {}: {}",
-                dir.display(),
-                crate::log::errno_text(&e)
-            ),
+            Err(e) if top => {
+                self.incomplete = true;
+                tracing::warn!(
+                    "open directory {}: {}",
+                    dir.display(),
+                    crate::log::errno_text(&e)
+                )
+            }
             // Postfix ends here (scan_dir_push's fatal); rqmgr says so and
             // scans the rest.
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
-                "scan_dir_push: open directory {}: {}",
-                dir.display(),
-                crate::log::errno_text(&e)
-            ),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                self.incomplete = true;
+                tracing::warn!(
+                    "scan_dir_push: open directory {}: {}",
+                    dir.display(),
+                    crate::log::errno_text(&e)
+                )
+            }
             Err(_) => {}
         }
+    }
+
+    /// True once a directory could not be opened or read (warned about):
+    /// the walk has not seen everything.
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
     }
 
     /// The directories entered since the last call.
@@ -65,6 +81,7 @@ impl DirWalk {
                     self.stack.pop();
                 }
                 Some(Err(e)) => {
+                    self.incomplete = true;
                     tracing::warn!(
                         "read directory {}: {}",
                         dir.display(),
