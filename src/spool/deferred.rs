@@ -61,8 +61,9 @@ struct Watch {
 /// The run in progress.
 enum Run {
     /// A full walk; `started`: when (its index is good until started +
-    /// HORIZON); `trusted`: no inotify event was lost since it started,
-    /// so that at its end the index is complete.
+    /// HORIZON); `trusted`: no inotify event was lost since it started
+    /// and every directory was read and watched, so that at its end the
+    /// index is complete.
     Walk {
         walk: DirWalk,
         started: i64,
