@@ -35,20 +35,19 @@ macro_rules! key {
 }
 pub(crate) use key;
 
-/// A slab of items addressed by keys of type `K`, reusing freed slots.
+/// A slab of items addressed by keys of type `K`, reusing freed slots: a
+/// [`SideTable`] that hands out the keys itself.
 #[derive(Debug, Clone)]
 pub struct Slab<K, T> {
-    items: Vec<Option<T>>,
+    table: SideTable<K, T>,
     free: Vec<u32>,
-    key: PhantomData<K>,
 }
 
 impl<K, T> Default for Slab<K, T> {
     fn default() -> Self {
         Slab {
-            items: Vec::new(),
+            table: SideTable::default(),
             free: Vec::new(),
-            key: PhantomData,
         }
     }
 }
@@ -58,12 +57,12 @@ impl<K: Key, T> Slab<K, T> {
     pub fn insert(&mut self, item: T) -> K {
         match self.free.pop() {
             Some(i) => {
-                self.items[i as usize] = Some(item);
+                self.table.items[i as usize] = Some(item);
                 K::from_index(i as usize)
             }
             None => {
-                self.items.push(Some(item));
-                K::from_index(self.items.len() - 1)
+                self.table.items.push(Some(item));
+                K::from_index(self.table.items.len() - 1)
             }
         }
     }
@@ -72,66 +71,53 @@ impl<K: Key, T> Slab<K, T> {
     ///
     /// Panics if `k` is not live (a core bug, never outside input).
     pub fn remove(&mut self, k: K) -> T {
-        let item = self.items[k.index()]
-            .take()
-            .expect("slab: remove of a free slot");
+        let item = self.table.remove(k).expect("slab: remove of a free slot");
         self.free.push(k.index() as u32);
         item
     }
 
     /// The item at `k`, if live.
     pub fn get(&self, k: K) -> Option<&T> {
-        self.items.get(k.index()).and_then(Option::as_ref)
+        self.table.get(k)
     }
 
     /// The item at `k`, if live.
     pub fn get_mut(&mut self, k: K) -> Option<&mut T> {
-        self.items.get_mut(k.index()).and_then(Option::as_mut)
+        self.table.get_mut(k)
     }
 
     /// Number of live items.
     pub fn len(&self) -> usize {
-        self.items.len() - self.free.len()
+        self.table.items.len() - self.free.len()
     }
 
     /// Keys of live items, in slot order.
     pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
-        self.items
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| x.is_some())
-            .map(|(i, _)| K::from_index(i))
+        self.table.iter().map(|(k, _)| k)
     }
 
     /// Live items with their keys, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (K, &T)> + '_ {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, x)| x.as_ref().map(|x| (K::from_index(i), x)))
+        self.table.iter()
     }
 }
 
 impl<K: Key, T> std::ops::Index<K> for Slab<K, T> {
     type Output = T;
     fn index(&self, k: K) -> &T {
-        self.items[k.index()]
-            .as_ref()
-            .expect("slab: index of a free slot")
+        self.get(k).expect("slab: index of a free slot")
     }
 }
 
 impl<K: Key, T> std::ops::IndexMut<K> for Slab<K, T> {
     fn index_mut(&mut self, k: K) -> &mut T {
-        self.items[k.index()]
-            .as_mut()
-            .expect("slab: index of a free slot")
+        self.get_mut(k).expect("slab: index of a free slot")
     }
 }
 
 /// Values kept beside a slab's items, under the same keys (the shell's
 /// record of each message the core holds): one slot per key, no hashing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SideTable<K, T> {
     items: Vec<Option<T>>,
     key: PhantomData<K>,
