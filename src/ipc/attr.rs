@@ -296,17 +296,9 @@ impl AttrList {
     ) -> Result<AttrList, AttrError> {
         // A peer writes a list with one write: once the first bytes are
         // in, the whole list usually is, and parses in one go.
-        let first = match per_read {
-            None => reader.fill_buf().await,
-            Some(t) => match poll_buffered(reader).await {
-                Some(Ok(())) => reader.fill_buf().await,
-                Some(Err(e)) => Err(e),
-                None => match tokio::time::timeout(t, reader.fill_buf()).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(AttrError::NoReply),
-                },
-            },
-        }?;
+        let Some(first) = fill_within(reader, per_read).await? else {
+            return Err(AttrError::NoReply);
+        };
         if first.is_empty() {
             return Err(AttrError::Closed);
         }
@@ -427,29 +419,11 @@ async fn read_token<R: AsyncBufRead + Unpin>(
 ) -> Result<(), AttrError> {
     let start = text.len();
     loop {
-        // Only a read that would wait is limited (vstream's timeout is on
-        // read(2)); bytes already buffered need no timer.
-        let limit = match per_read {
-            None => None,
-            Some(t) => match poll_buffered(reader).await {
-                Some(r) => {
-                    r?;
-                    None
-                }
-                None => Some(t),
-            },
-        };
-        let buf = match limit {
-            None => reader.fill_buf().await?,
-            Some(t) => match tokio::time::timeout(t, reader.fill_buf()).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(AttrError::Timeout {
-                        value,
-                        partial: text.len() > start,
-                    })
-                }
-            },
+        let Some(buf) = fill_within(reader, per_read).await? else {
+            return Err(AttrError::Timeout {
+                value,
+                partial: text.len() > start,
+            });
         };
         if buf.is_empty() {
             return Err(AttrError::Eof {
@@ -468,6 +442,27 @@ async fn read_token<R: AsyncBufRead + Unpin>(
         if text.len() - start > MAX_TOKEN {
             return Err(AttrError::TooLarge);
         }
+    }
+}
+
+/// The buffered bytes, filled if there are none, or `None` if that read
+/// waited longer than `per_read`. Only a read that would wait is limited
+/// (vstream's timeout is on read(2)); bytes already buffered need no
+/// timer.
+async fn fill_within<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    per_read: Option<std::time::Duration>,
+) -> std::io::Result<Option<&[u8]>> {
+    let Some(t) = per_read else {
+        return reader.fill_buf().await.map(Some);
+    };
+    if let Some(r) = poll_buffered(reader).await {
+        r?;
+        return reader.fill_buf().await.map(Some);
+    }
+    match tokio::time::timeout(t, reader.fill_buf()).await {
+        Ok(r) => r.map(Some),
+        Err(_) => Ok(None),
     }
 }
 
