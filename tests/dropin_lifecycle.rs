@@ -33,7 +33,6 @@ dropin_tests!(
     qmgr_restarted_during_slow_delivery_skips_locked_files,
     future_incoming_file_waits_for_scan_all,
     every_reload_brings_up_a_new_queue_manager,
-    reload_during_a_busy_drain_hands_over_the_queue,
 );
 
 // ---- helpers ---------------------------------------------------------------------
@@ -1148,80 +1147,4 @@ fn every_reload_brings_up_a_new_queue_manager(q: Qmgr) {
         inst.wait_removed(&id);
         inst.assert_delivered(&id, &from, "discard", &[rcpt]);
     }
-}
-
-/// `postfix reload` while the queue manager is busy: 2 000 messages piled
-/// up in incoming (to discard(8)) and 10 to a slow smtp-sink, the reload
-/// once the drain has begun. The old process exits at once, without
-/// finishing its work (Postfix's `trigger_server_abort`: it must not keep
-/// the files it has in active locked or in use); a new one takes over the
-/// queue; every message is delivered, and after `postqueue -f` (for the
-/// files it finds still in delivery) the queue is empty.
-fn reload_during_a_busy_drain_hands_over_the_queue(q: Qmgr) {
-    const FAST: usize = 2000;
-    const SLOW: usize = 10;
-    let mut inst = Instance::start(
-        Opts::new("reload-busy", q)
-            .qmgr_disabled()
-            .in_flow_delay_zero()
-            .slow_sink(3)
-            .timeout(Duration::from_secs(60)),
-    );
-    let from = inst.local_addr("sender");
-    let fast = FAST.to_string();
-    inst.smtp_source(&[
-        "-s",
-        "5",
-        "-m",
-        &fast,
-        "-f",
-        &from,
-        "-t",
-        "x@discard.example",
-    ]);
-    let slow = SLOW.to_string();
-    inst.smtp_source(&["-s", "2", "-m", &slow, "-f", &from, "-t", "y@slow.example"]);
-    inst.wait_until("every message in incoming", || {
-        inst.queue_ids("incoming").len() == FAST + SLOW
-    });
-    inst.enable_qmgr();
-    inst.wait_until("the drain to begin", || {
-        inst.log_lines().iter().any(|l| l.status() == Some("sent"))
-    });
-    let old = inst.qmgr_pids();
-    inst.check(old.len() == 1, &format!("one queue manager: {old:?}"));
-    inst.reload();
-    inst.wait_until(
-        &format!(
-            "the old queue manager (pid {}) to exit after the reload",
-            old[0]
-        ),
-        || !sys::pid_alive(old[0]),
-    );
-    inst.wait_until("a new queue manager", || {
-        let now = inst.qmgr_pids();
-        now.len() == 1 && now[0] != old[0]
-    });
-    inst.wait_progress("every message delivered", || {
-        let lines = inst.log_lines();
-        let sent: std::collections::HashSet<&str> = lines
-            .iter()
-            .filter(|l| l.status() == Some("sent"))
-            .filter_map(|l| l.queue_id())
-            .collect();
-        if sent.len() == FAST + SLOW {
-            Ok(())
-        } else {
-            Err(format!("{} of {} delivered", sent.len(), FAST + SLOW))
-        }
-    });
-    // A file the old process still had in delivery when the new one
-    // started was "skipped, still being delivered" and waits in incoming
-    // for the next scan (master's wake-up, every 300 s): ask for it.
-    inst.postqueue_f();
-    inst.wait_queue_empty();
-    inst.check(
-        inst.queue_ids("corrupt").is_empty(),
-        "nothing in the corrupt queue",
-    );
 }
