@@ -6,7 +6,9 @@
 //! so), nothing is in corrupt/, and every duplicate at the sink was in flight
 //! at one of the events. The instants come from a seed that the test prints
 //! (RQMGR_KILLTEST_SEED=N reruns one). bench/killtest/run is the full-size
-//! version (30 000 messages, 100 events per mode).
+//! version (30 000 messages, 100 events per mode). Beside it, one
+//! `postfix reload` in the middle of a busy drain: the old process must let
+//! go at once.
 
 #[macro_use]
 mod support;
