@@ -27,7 +27,9 @@ def loadavg():
 class QmgrSampler:
     """Follows every queue-manager process of one instance (master may
     restart it): its CPU time and VmHWM (peak resident set, from
-    /proc/PID/status).
+    /proc/PID/status), and over its life its context switches (voluntary
+    and involuntary, summed over the live threads' /proc/PID/task/TID/status)
+    and minor page faults (minflt of /proc/PID/stat).
 
     CPU time is utime+stime of /proc/PID/stat (the whole process, exited
     threads included) in 10 ms clock ticks. The same quantity at ns
@@ -44,6 +46,8 @@ class QmgrSampler:
         self.ns = {}  # pid -> CPU time in ns, last sample
         self.ticks = {}  # pid -> (utime, stime) in clock ticks, last sample
         self.hwm_kb = {}  # pid -> VmHWM
+        self.switches = {}  # pid -> (voluntary, involuntary), last sample
+        self.minflt = {}  # pid -> minor faults, last sample
         self.live = set()
         self.rescan = rescan
         self.last_rescan = 0.0
@@ -65,12 +69,19 @@ class QmgrSampler:
             fields = stat[stat.rfind(")") + 2:].split()
             # fields[0] is field 3 (state); utime and stime are fields 14, 15.
             self.ticks[pid] = (int(fields[11]), int(fields[12]))
+            self.minflt[pid] = int(fields[7])  # field 10
             ns = 0
+            vol = invol = 0
             try:
                 for tid in os.listdir(f"/proc/{pid}/task"):
                     with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                         ns += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
+                    with open(f"/proc/{pid}/task/{tid}/status") as f:
+                        t = f.read()
+                    vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", t, re.M).group(1))
+                    invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", t, re.M).group(1))
+                self.switches[pid] = (vol, invol)
+            except (OSError, ValueError, IndexError, AttributeError):
                 pass
             self.ns[pid] = max(ns, (self.ticks[pid][0] + self.ticks[pid][1]) * 1e9 / CLK_TCK)
             m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
@@ -83,6 +94,14 @@ class QmgrSampler:
     def user_system_seconds(self):
         return (sum(u for u, _ in self.ticks.values()) / CLK_TCK,
                 sum(s for _, s in self.ticks.values()) / CLK_TCK)
+
+    def context_switches(self):
+        """(voluntary, involuntary) over the life of every pid seen."""
+        return (sum(v for v, _ in self.switches.values()),
+                sum(i for _, i in self.switches.values()))
+
+    def minor_faults(self):
+        return sum(self.minflt.values())
 
     def peak_rss_mb(self):
         return max(self.hwm_kb.values(), default=0) / 1024
@@ -143,6 +162,7 @@ class LogTail:
         self.earlier = []
         self.by_msgid = {}
         self.removed_total = 0
+        self.active_total = 0  # `(queue active)` lines
         self.sent_total = 0
         self.deferred_total = 0
         self.newly_deferred = []  # ids whose first status=deferred line came in
@@ -237,6 +257,7 @@ class LogTail:
             self.removed_total += 1
         elif body.endswith("(queue active)"):
             self.msg(qid).active += 1
+            self.active_total += 1
 
 
 def percentile(values, p):

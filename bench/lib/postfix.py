@@ -17,6 +17,9 @@ Routes (transport_maps = texthash:ROOT/etc/transport), all on 127.0.0.1:
       (`many` is a clone of smtp with many_destination_recipient_limit = 1,
       so that qmgr keeps one queue per recipient: see bench/README.md)
   closed.example                       -> smtp:[127.0.0.1]:<a closed port>
+  silent.example                       -> smtp:[127.0.0.1]:<a port that takes
+      connections and never answers: the smtp agents wait for the greeting
+      (smtp_helo_timeout), so the mail stays in the active queue>
 Nothing leaves the machine: default_transport and relay_transport are error:.
 """
 
@@ -36,6 +39,7 @@ SENDMAIL = "/usr/sbin/sendmail"
 POSTCAT = "/usr/sbin/postcat"
 POSTSUPER = "/usr/sbin/postsuper"
 POSTQUEUE = "/usr/sbin/postqueue"
+POSTKICK = "/usr/sbin/postkick"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 HOSTNAME = "rqmgr-bench.example"
@@ -171,6 +175,8 @@ class Instance:
         self.smtpd_port = free_port()
         self.sink_port = free_port()
         self.closed_port = free_port()
+        self.silent = None  # a socket that listens and never answers
+        self.silent_port = free_port()
         self.qmgr_enabled = False
         self.master_pid = None
         self.postfix_uid = pwd.getpwnam("postfix").pw_uid
@@ -246,6 +252,7 @@ many_destination_recipient_limit = 1
 sink.example smtp:[127.0.0.1]:{self.sink_port}
 .many.example many:[127.0.0.1]:{self.sink_port}
 closed.example smtp:[127.0.0.1]:{self.closed_port}
+silent.example smtp:[127.0.0.1]:{self.silent_port}
 """)
         write_dated(self.etc + "/aliases",
                     "".join(f"{u} {r}/mail/{u}\n" for u in
@@ -291,6 +298,10 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         self._write_config()
         if self.want_sink:
             self.sink = SmtpSink(self.root + "/sink", self.sink_port)
+        self.silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.silent.bind(("127.0.0.1", self.silent_port))
+        self.silent.listen(4096)
         out = self.run([POSTFIX, "-c", self.etc, "start"])
         if out.returncode != 0:
             raise BenchError("postfix start failed: " + out.stdout + out.stderr)
@@ -332,6 +343,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                 pass
         if self.sink:
             self.sink.stop()
+        if self.silent:
+            self.silent.close()
+            self.silent = None
         return killed
 
     def remove(self):

@@ -9,6 +9,7 @@ See bench/README.md for what each scenario measures and how.
 
 import contextlib
 import os
+import re
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ import traceback
 import stage
 from measure import (Injector, LogTail, QmgrSampler, loadavg, machine_busy_seconds,
                      percentile)
-from postfix import POSTQUEUE, BenchError, Instance
+from postfix import POSTKICK, POSTQUEUE, BenchError, Instance
 
 POLL = 0.1  # seconds between samples of the log and of /proc
 STALL = 60  # seconds without progress before a wait gives up
@@ -138,6 +139,9 @@ def finish(run, log, sampler):
                          + log.warnings[0].split(": ", 1)[-1])
     u, s = sampler.user_system_seconds()
     run.notes.append(f"qmgr user/system CPU over its life {u:.2f}/{s:.2f} s")
+    vol, invol = sampler.context_switches()
+    run.notes.append(f"qmgr context switches {vol} voluntary, {invol} involuntary;"
+                     f" {sampler.minor_faults()} minor faults")
     if len(sampler.pids()) > 1:
         pids = sampler.pids()
         run.notes.append(f"{len(pids)} queue manager processes (restarted), pids "
@@ -481,3 +485,59 @@ def flush(ctx, run, p):
         check_no_other_mail(run, log, fresh + [log.msgs.get(q) for q in ids])
         check_queues(run, inst, {"deferred": staged})
         check_sink(run, inst, len(fresh))
+
+
+# ---- 7. memory per in-core message ------------------------------------------
+
+def vm_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def memory(ctx, run, p):
+    """N messages of R recipients held in the active queue: their
+    destination takes connections and never answers. The queue manager's
+    resident set while idle, and once every message is in memory."""
+    n, rcpts = p["n"], p["rcpts"]
+    main = [("qmgr_message_active_limit", str(max(20000, n)))]
+    with instance(ctx, run, main_cf=main) as inst:
+        data = stage.make_template(inst, [f"r{i}@silent.example" for i in range(1, rcpts + 1)],
+                                   message_text("memory"))
+        t = time.time()
+        ids = stage.stage(inst, "hold", n, data)
+        run.staging = (len(ids), time.time() - t)
+        ctx.say(f"staged {len(ids)} in hold in {run.staging[1]:.1f} s")
+        log, sampler = begin(ctx, inst, run)
+        inst.enable_qmgr()
+        deadline = time.time() + 30
+        while not inst.qmgr_pids() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # start-up done, nothing to do
+        pids = inst.qmgr_pids()
+        if not run.check(len(pids) == 1, f"queue manager processes: {pids}"):
+            return
+        pid = pids[0]
+        idle = vm_rss_kb(pid)
+        for q in ids:
+            os.rename(f"{inst.spool}/hold/{q}", f"{inst.spool}/incoming/{q}")
+        inst.run([POSTKICK, "-c", inst.etc, "public", "qmgr", "I"])
+        t1 = wait(ctx, run, log, sampler, lambda: log.active_total >= n,
+                  lambda: log.active_total, timeout=120 + n / 100, poll=0.5,
+                  what="every message to be in the active queue")
+        time.sleep(1)
+        full = vm_rss_kb(pid)
+        finish(run, log, sampler)
+        if t1 is None:
+            return
+        run.check(inst.qmgr_pids() == [pid], "the queue manager was restarted")
+        run.figures["idle RSS MB"] = idle / 1024
+        run.figures[f"RSS MB, {n} in core"] = full / 1024
+        run.figures["bytes per message"] = (full - idle) * 1024 / n
+        staged = [log.msgs.get(q) for q in ids]
+        read = sum(1 for m in staged if m is not None and m.active == 1)
+        run.check(read == n, f"{n - read} messages not read exactly once")
+        done = sum(1 for m in staged if m is not None and (m.sent or m.deferred or m.bounced
+                                                            or m.removed or m.other))
+        run.check(done == 0, f"{done} messages left the active queue")
+        check_no_other_mail(run, log, staged)
