@@ -300,7 +300,7 @@ fn queue_files_and_peer_replies(seeds: &mut Seeds) {
     let deferred = std::fs::read(inst.queue_file("deferred", &partial).unwrap()).unwrap();
     let got = read_queue_file(&deferred, "deferred");
     inst.check(
-        got.len() == 1 && &*got[0].address == b"y@rec-closed.example",
+        got.len() == 1 && got[0].address() == b"y@rec-closed.example",
         &format!("the deferred file has one recipient left, alice is done: {got:?}"),
     );
     seeds.write(

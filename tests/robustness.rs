@@ -152,13 +152,16 @@ fn put_rcpts(out: &mut Vec<u8>, rcpts: &[Rcpt], expect: &mut Vec<Recipient>) {
         let offset = out.len() as u64;
         put_record(out, r.done.unwrap_or(rec::RCPT), &r.address);
         if r.done.is_none() {
-            expect.push(Recipient {
-                offset,
-                dsn_orcpt: r.orcpt.clone().unwrap_or_default().into_bytes().into(),
-                dsn_notify: r.notify,
-                orig_rcpt: r.orig.clone().unwrap_or_default().into(),
-                address: r.address.clone().into(),
-            });
+            expect.push(
+                Recipient::new(
+                    offset,
+                    &r.address,
+                    r.orig.as_deref().unwrap_or_default(),
+                    r.orcpt.as_deref().unwrap_or_default().as_bytes(),
+                    r.notify,
+                )
+                .expect("short texts"),
+            );
         }
     }
 }

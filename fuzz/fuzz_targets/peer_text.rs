@@ -23,10 +23,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= 2 {
         let (delims, rest) = data.split_at(2);
         let half = rest.len() / 2;
-        let rcpt = Recipient {
-            address: rest[..half].into(),
-            ..Recipient::default()
-        };
+        let rcpt = Recipient::new(0, &rest[..half], b"", b"", 0).expect("short input");
         let _ = verp_sender(delims, &rest[half..], &rcpt);
     }
     if data.len() >= 34 {

@@ -130,10 +130,10 @@ pub fn append_request(flags: u32, queue_id: &str, rcpt: &Recipient, dsn: &Dsn) -
     w.int("nrequest", CMD_APPEND)
         .int("flags", flags)
         .str("queue_id", queue_id.as_bytes())
-        .str("original_recipient", &rcpt.orig_rcpt)
-        .str("recipient", &rcpt.address)
+        .str("original_recipient", rcpt.orig_rcpt())
+        .str("recipient", rcpt.address())
         .long("offset", rcpt.offset)
-        .str("dsn_orig_rcpt", &rcpt.dsn_orcpt)
+        .str("dsn_orig_rcpt", rcpt.dsn_orcpt())
         .int("notify_flags", rcpt.dsn_notify)
         .str("status", &dsn.status)
         .str("diag_type", &dsn.diag_type)
@@ -245,9 +245,9 @@ pub fn adhoc_line(
     max_dig: u32,
 ) -> String {
     let now = crate::now_timeval();
-    let mut line = format!("{queue_id}: to=<{}>", addr(&rcpt.address));
-    if !rcpt.orig_rcpt.is_empty() && !rcpt.orig_rcpt.eq_ignore_ascii_case(&rcpt.address) {
-        line.push_str(&format!(", orig_to=<{}>", addr(&rcpt.orig_rcpt)));
+    let mut line = format!("{queue_id}: to=<{}>", addr(rcpt.address()));
+    if !rcpt.orig_rcpt().is_empty() && !rcpt.orig_rcpt().eq_ignore_ascii_case(rcpt.address()) {
+        line.push_str(&format!(", orig_to=<{}>", addr(rcpt.orig_rcpt())));
     }
     line.push_str(&format!(", relay={relay}"));
     let d = delta(now, stats.incoming);
@@ -360,15 +360,15 @@ async fn verify_append(
     let mut shown = dsn.clone();
     let mut ok = true;
     if svc.verify.negative_cache || status == RcptStatus::Ok {
-        if !rcpt.orig_rcpt.is_empty() {
+        if !rcpt.orig_rcpt().is_empty() {
             ok = svc
                 .verify
-                .update(&rcpt.orig_rcpt, status, &dsn.reason)
+                .update(rcpt.orig_rcpt(), status, &dsn.reason)
                 .await
                 == verify::STAT_OK;
         }
-        if ok && rcpt.address != rcpt.orig_rcpt {
-            ok = svc.verify.update(&rcpt.address, status, &dsn.reason).await == verify::STAT_OK;
+        if ok && rcpt.address() != rcpt.orig_rcpt() {
+            ok = svc.verify.update(rcpt.address(), status, &dsn.reason).await == verify::STAT_OK;
         }
     } else {
         shown.action = b"undeliverable-but-not-cached".to_vec();
@@ -440,7 +440,7 @@ pub async fn defer_append(svc: &Services, r: &Disposal<'_>, dsn: &Dsn) -> Dispos
     if flags & del_flag::RECORD != 0 && trace_append(svc, r, &d).await.is_err() {
         tracing::warn!("{queue_id}: {} service failure", svc.trace);
     }
-    if let Some(site) = crate::address::domain(&rcpt.address) {
+    if let Some(site) = crate::address::domain(rcpt.address()) {
         let site = String::from_utf8_lossy(site);
         match svc.flush.add(&site, queue_id).await {
             Ok(flush::STAT_OK | flush::STAT_DENY) => {}

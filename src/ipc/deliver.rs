@@ -34,10 +34,10 @@ fn all_ascii(s: &[u8]) -> bool {
 /// The VERP sender (`global/verp_sender.c`): `local` d1 `rlocal` d2 `rdomain`
 /// `@domain`, where r is the recipient's original address if it has one.
 pub fn verp_sender(delims: &[u8], sender: &[u8], rcpt: &Recipient) -> Vec<u8> {
-    let r = if rcpt.orig_rcpt.is_empty() {
-        &rcpt.address
+    let r = if rcpt.orig_rcpt().is_empty() {
+        rcpt.address()
     } else {
-        &rcpt.orig_rcpt
+        rcpt.orig_rcpt()
     };
     let (s_local, s_domain) = crate::address::split(sender);
     let mut out = s_local.to_vec();
@@ -82,9 +82,9 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
     let mut utf8_flags = env.smtputf8;
     if req.smtputf8_enable {
         for r in req.recipients {
-            if !r.address.is_empty()
-                && !all_ascii(&r.address)
-                && std::str::from_utf8(&r.address).is_ok()
+            if !r.address().is_empty()
+                && !all_ascii(r.address())
+                && std::str::from_utf8(r.address()).is_ok()
             {
                 utf8_flags |= smtputf8::RECIPIENT;
                 if env.texts.is_set(Text::VerpDelims) {
@@ -140,10 +140,10 @@ pub fn encode_request(req: &Request<'_>) -> Vec<u8> {
         .int("recipient_count", req.recipients.len() as u32)
         .end();
     for r in req.recipients {
-        w.str("original_recipient", &r.orig_rcpt)
-            .str("recipient", &r.address)
+        w.str("original_recipient", r.orig_rcpt())
+            .str("recipient", r.address())
             .long("offset", r.offset)
-            .str("dsn_orig_rcpt", &r.dsn_orcpt)
+            .str("dsn_orig_rcpt", r.dsn_orcpt())
             .int("notify_flags", r.dsn_notify)
             .end();
     }
@@ -206,10 +206,7 @@ mod tests {
 
     #[test]
     fn verp() {
-        let r = Recipient {
-            address: b"joe@example.net".as_slice().into(),
-            ..Default::default()
-        };
+        let r = Recipient::new(0, b"joe@example.net", b"", b"", 0).unwrap();
         assert_eq!(
             verp_sender(b"+=", b"owner-list@example.com", &r),
             b"owner-list+joe=example.net@example.com"
@@ -226,13 +223,14 @@ mod tests {
             ..Default::default()
         };
         env.texts.set(Text::Sender, b"sender@discard.example");
-        let rcpts = vec![Recipient {
-            offset: 260,
-            dsn_orcpt: b"rfc822;user1@capture.example".as_slice().into(),
-            dsn_notify: 0,
-            orig_rcpt: b"user1@capture.example".as_slice().into(),
-            address: b"user1@capture.example".as_slice().into(),
-        }];
+        let rcpts = vec![Recipient::new(
+            260,
+            b"user1@capture.example",
+            b"user1@capture.example",
+            b"rfc822;user1@capture.example",
+            0,
+        )
+        .unwrap()];
         let req = Request {
             queue_id: "D0D39992097",
             env: &env,

@@ -20,19 +20,124 @@ const READ_FLAG_USER: u32 = 1 | (1 << 1) | (2 << 1) | (4 << 1) | (8 << 1);
 /// Private flag: every non-recipient record has been seen.
 const READ_FLAG_SEEN_ALL_NON_RCPT: u32 = 1 << 16;
 
-/// One recipient as qmgr keeps it (`global/recipient_list.h`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// One recipient as qmgr keeps it (`global/recipient_list.h`): the
+/// address, the original recipient and the DSN ORCPT share one
+/// allocation, and an original recipient equal to the address (cleanup
+/// writes both for nearly every recipient) is kept once. 40 bytes plus
+/// the text, instead of 64 bytes and up to three allocations.
+#[derive(Clone, Default)]
 pub struct Recipient {
     /// File offset of the recipient's `R` record (for marking it done).
     pub offset: u64,
-    /// DSN ORCPT (`dsn_orig_rcpt`), or empty.
-    pub dsn_orcpt: Box<[u8]>,
     /// DSN NOTIFY mask, or 0.
     pub dsn_notify: u32,
+    /// Bytes of the address at the start of `text`.
+    address_len: u32,
+    /// Bytes of the original recipient after it, or [`SAME_AS_ADDRESS`].
+    orig_len: u32,
+    /// The address, the original recipient (unless the same), the ORCPT.
+    text: Box<[u8]>,
+}
+
+/// `Recipient::orig_len` when the original recipient is the address.
+const SAME_AS_ADDRESS: u32 = u32::MAX;
+
+impl Recipient {
+    /// A recipient at file offset `offset`; `orig_rcpt` and `dsn_orcpt`
+    /// may be empty. None if a text is 4 GiB or longer (a damaged queue
+    /// file: Postfix's own record lengths stop at 2 GiB).
+    pub fn new(
+        offset: u64,
+        address: &[u8],
+        orig_rcpt: &[u8],
+        dsn_orcpt: &[u8],
+        dsn_notify: u32,
+    ) -> Option<Recipient> {
+        let same = !address.is_empty() && orig_rcpt == address;
+        let orig: &[u8] = if same { b"" } else { orig_rcpt };
+        let address_len = u32::try_from(address.len()).ok()?;
+        let orig_len = u32::try_from(orig.len())
+            .ok()
+            .filter(|&n| n != SAME_AS_ADDRESS)?;
+        let mut text = Vec::with_capacity(address.len() + orig.len() + dsn_orcpt.len());
+        text.extend_from_slice(address);
+        text.extend_from_slice(orig);
+        text.extend_from_slice(dsn_orcpt);
+        Some(Recipient {
+            offset,
+            dsn_notify,
+            address_len,
+            orig_len: if same { SAME_AS_ADDRESS } else { orig_len },
+            text: text.into_boxed_slice(),
+        })
+    }
+
+    /// The recipient address (possibly rewritten by the resolver).
+    pub fn address(&self) -> &[u8] {
+        &self.text[..self.address_len as usize]
+    }
+
     /// The original recipient (`O` record), or empty.
-    pub orig_rcpt: Box<[u8]>,
-    /// The recipient address (possibly rewritten by the resolver later).
-    pub address: Box<[u8]>,
+    pub fn orig_rcpt(&self) -> &[u8] {
+        if self.orig_len == SAME_AS_ADDRESS {
+            return self.address();
+        }
+        let start = self.address_len as usize;
+        &self.text[start..start + self.orig_len as usize]
+    }
+
+    /// DSN ORCPT (`dsn_orig_rcpt`), or empty.
+    pub fn dsn_orcpt(&self) -> &[u8] {
+        let orig = if self.orig_len == SAME_AS_ADDRESS {
+            0
+        } else {
+            self.orig_len as usize
+        };
+        &self.text[self.address_len as usize + orig..]
+    }
+
+    /// Replaces the address (the resolver's rewritten form); the original
+    /// recipient and the ORCPT stay as they were. False, with nothing
+    /// changed, if the address is 4 GiB or longer.
+    pub fn set_address(&mut self, address: &[u8]) -> bool {
+        match Recipient::new(
+            self.offset,
+            address,
+            self.orig_rcpt(),
+            self.dsn_orcpt(),
+            self.dsn_notify,
+        ) {
+            Some(r) => {
+                *self = r;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl PartialEq for Recipient {
+    fn eq(&self, other: &Recipient) -> bool {
+        self.offset == other.offset
+            && self.dsn_notify == other.dsn_notify
+            && self.address() == other.address()
+            && self.orig_rcpt() == other.orig_rcpt()
+            && self.dsn_orcpt() == other.dsn_orcpt()
+    }
+}
+
+impl Eq for Recipient {}
+
+impl std::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipient")
+            .field("offset", &self.offset)
+            .field("dsn_notify", &self.dsn_notify)
+            .field("address", &String::from_utf8_lossy(self.address()))
+            .field("orig_rcpt", &String::from_utf8_lossy(self.orig_rcpt()))
+            .field("dsn_orcpt", &String::from_utf8_lossy(self.dsn_orcpt()))
+            .finish()
+    }
 }
 
 /// Everything qmgr takes from a queue file besides recipients, plus the
@@ -490,13 +595,17 @@ fn read_records<R: Read + Seek>(
             rec::RCPT => {
                 if env.rcpt_offset == 0 {
                     env.rcpt_unread -= 1;
-                    out.push(Recipient {
-                        offset: curr,
-                        dsn_orcpt: dsn_orcpt.take().unwrap_or_default(),
-                        dsn_notify: std::mem::take(&mut dsn_notify),
-                        orig_rcpt: orig_rcpt.take().unwrap_or_default(),
-                        address: data.into(),
-                    });
+                    let Some(r) = Recipient::new(
+                        curr,
+                        data,
+                        orig_rcpt.take().as_deref().unwrap_or_default(),
+                        dsn_orcpt.take().as_deref().unwrap_or_default(),
+                        std::mem::take(&mut dsn_notify),
+                    ) else {
+                        tracing::warn!("{id}: message rejected: recipient record too long");
+                        break Err(Rejected);
+                    };
+                    out.push(r);
                     batch += 1;
                     if batch >= limit {
                         env.rcpt_offset = reader.pos();
@@ -843,6 +952,27 @@ fn parse_size_record(data: &[u8]) -> SizeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recipient_texts_share_one_allocation() {
+        let r = Recipient::new(7, b"a@x.example", b"a@x.example", b"rfc822;a@x", 2).unwrap();
+        assert_eq!(r.address(), b"a@x.example");
+        assert_eq!(r.orig_rcpt(), b"a@x.example");
+        assert_eq!(r.dsn_orcpt(), b"rfc822;a@x");
+        assert_eq!(r.text.len(), 11 + 10, "the original recipient is kept once");
+        let mut moved = r.clone();
+        assert!(moved.set_address(b"b@y.example"));
+        assert_eq!(moved.address(), b"b@y.example");
+        assert_eq!(moved.orig_rcpt(), b"a@x.example", "the original stays");
+        assert_eq!(moved.dsn_orcpt(), b"rfc822;a@x");
+        assert_eq!((moved.offset, moved.dsn_notify), (7, 2));
+        let bare = Recipient::new(0, b"c@z", b"", b"", 0).unwrap();
+        assert_eq!((bare.orig_rcpt(), bare.dsn_orcpt()), (&b""[..], &b""[..]));
+        let other = Recipient::new(0, b"c@z", b"C@Z", b"", 0).unwrap();
+        assert_eq!(other.orig_rcpt(), b"C@Z");
+        assert_ne!(bare, other);
+        assert_eq!(std::mem::size_of::<Recipient>(), 40);
+    }
 
     #[test]
     fn numbers_read_as_strtol_reads_them() {

@@ -228,11 +228,14 @@ impl Daemon {
         file: &QueueFile,
         mut recipients: Vec<Recipient>,
     ) {
-        recipients.sort_by(|a, b| resolve_order(&a.address, &b.address));
+        recipients.sort_by(|a, b| resolve_order(a.address(), b.address()));
         if crate::log::verbose() {
             tracing::debug!("start sorted recipient list");
             for r in &recipients {
-                tracing::debug!("qmgr_message_sort: {}", String::from_utf8_lossy(&r.address));
+                tracing::debug!(
+                    "qmgr_message_sort: {}",
+                    String::from_utf8_lossy(r.address())
+                );
             }
             tracing::debug!("end sorted recipient list");
         }
@@ -252,24 +255,24 @@ impl Daemon {
                 filter.as_deref(),
                 tflags,
                 i,
-                &rcpt.address,
+                rcpt.address(),
             );
             let res = match lookup {
                 Lookup::Skip => continue,
                 Lookup::Route { transport, nexthop } => Resolution {
                     transport: transport.into(),
                     nexthop: nexthop.into(),
-                    address: rcpt.address.to_vec(),
+                    address: rcpt.address().to_vec(),
                     flags: 0,
                 },
                 Lookup::Redirect { to, verify } => {
                     let canonical = self.resolver.rewrite("local", to).await;
                     self.resolve(verify, &sender, &canonical).await
                 }
-                Lookup::Resolve { verify } => self.resolve(verify, &sender, &rcpt.address).await,
+                Lookup::Resolve { verify } => self.resolve(verify, &sender, rcpt.address()).await,
             };
-            if *rcpt.address != *res.address {
-                rcpt.address = res.address.as_slice().into();
+            if rcpt.address() != res.address.as_slice() && !rcpt.set_address(&res.address) {
+                tracing::warn!("recipient address too long from the resolver");
             }
             batch.push((res, rcpt));
         }

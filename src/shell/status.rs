@@ -154,7 +154,7 @@ impl Daemon {
                     .map(|(k, _)| k);
                 let queue_id_of = |m: MessageId| self.messages.get(m).map(|m| m.queue_id.clone());
                 let address =
-                    |r: &crate::qfile::Recipient| String::from_utf8_lossy(&r.address).into_owned();
+                    |r: &crate::qfile::Recipient| String::from_utf8_lossy(r.address()).into_owned();
                 match msg {
                     Some(msg) => Answer::Explain(Explain::in_core(
                         &snap,

@@ -292,7 +292,7 @@ fn pending_recipients(path: &Path, id: &str) -> Option<Vec<String>> {
     }
     Some(
         out.iter()
-            .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+            .map(|r| String::from_utf8_lossy(r.address()).into_owned())
             .collect(),
     )
 }
