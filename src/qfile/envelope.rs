@@ -214,13 +214,16 @@ pub enum Text {
     RewriteContext,
     /// VERP delimiters (two characters).
     VerpDelims,
+    /// The queue id (the file's name; `message->queue_id`): set by the
+    /// queue manager when it takes the file, never by a record.
+    QueueId,
 }
 
-const TEXTS: usize = Text::VerpDelims as usize + 1;
+const TEXTS: usize = Text::QueueId as usize + 1;
 
 /// The envelope's text fields in one buffer, in the order of [`Text`]:
-/// with 17 fields, one `Box` each cost about 550 bytes per message in
-/// core; this costs the bytes plus 96. `ends[i]` is where field i ends in
+/// with 18 fields, one `Box` each cost about 580 bytes per message in
+/// core; this costs the bytes plus 104. `ends[i]` is where field i ends in
 /// `buf` (it starts where field i - 1 ends); an unset field is empty and
 /// has its bit clear in `set`.
 #[derive(Clone, Default)]

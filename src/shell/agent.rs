@@ -71,7 +71,7 @@ impl Daemon {
         let entry = self.core.entry(e);
         let m = &self.messages[entry.msg];
         let request = encode_request(&Request {
-            queue_id: &m.queue_id,
+            queue_id: m.queue_id(),
             env: &m.env,
             nexthop: self.core.nexthop(entry.queue).as_bytes(),
             queue_dflags: self.core.queue_dflags(entry.queue),
@@ -81,7 +81,7 @@ impl Daemon {
         });
         let assignment = Assignment {
             entry: e,
-            queue_id: m.queue_id.clone(),
+            queue_id: m.queue_id().to_string(),
             request,
             site: self.core.site(entry.queue).clone(),
         };

@@ -23,7 +23,7 @@ impl Daemon {
         let Some(m) = self.messages.get(msg) else {
             return;
         };
-        let id = m.queue_id.clone();
+        let id = m.queue_id().to_string();
         let fact = match step {
             Step::CheckBounceLog => {
                 tracing::debug!("qmgr_active_done: {id}");
@@ -102,10 +102,10 @@ impl Daemon {
     /// a warning for a connect or write that failed, as abounce gives none.
     fn spawn_notice(&self, msg: MessageId, notice: Notice) -> Option<Fact> {
         let m = &self.messages[msg];
-        let request = notice.request(&m.queue_id, &m.env);
+        let request = notice.request(m.queue_id(), &m.env);
         let service = notice.service(&self.services).to_string();
         let tx = self.reports_tx.clone();
-        let id = m.queue_id.clone();
+        let id = m.queue_id().to_string();
         tokio::task::spawn_local(async move {
             let ok = match bounce::call(&service, &request, ABOUNCE_TIMEOUT).await {
                 Ok(status) => status == 0,
@@ -137,7 +137,7 @@ impl Daemon {
         let m = self.messages.get(msg)?;
         Some(Disposal {
             flags: m.env.tflags,
-            queue_id: &m.queue_id,
+            queue_id: m.queue_id(),
             stats: Stats {
                 incoming: m.env.arrival,
                 active: m.active_arrival,
@@ -158,7 +158,7 @@ impl Daemon {
         let Some(m) = self.messages.get(msg) else {
             return;
         };
-        let file = QueueFile::open(&self.spool, &m.queue_id);
+        let file = QueueFile::open(&self.spool, m.queue_id());
         for rcpt in rcpts {
             if file
                 .as_ref()

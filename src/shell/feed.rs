@@ -110,14 +110,7 @@ impl Daemon {
             return false;
         }
         let msg = self.core.message_new(qflags, Instant::now());
-        self.messages.insert(
-            msg,
-            Box::new(InCore {
-                queue_id: id.to_string(),
-                env: Default::default(),
-                active_arrival: crate::now_timeval(),
-            }),
-        );
+        self.messages.insert(msg, Box::new(InCore::new(id)));
         let Ok(recipients) = self.read_recipients(msg, &file) else {
             drop(file);
             self.spool.save_corrupt(id);
@@ -148,7 +141,7 @@ impl Daemon {
         let limit = self.core.read_limit(msg);
         let m = self.messages.get_mut(msg).expect("message in core");
         if self.core.settings().strategy == crate::qmgr::Strategy::Nqmgr {
-            tracing::debug!("{}: recipient limit {limit}", m.queue_id);
+            tracing::debug!("{}: recipient limit {limit}", m.queue_id());
         }
         let opts = ReadOptions {
             queue: spool::ACTIVE,
@@ -156,11 +149,13 @@ impl Daemon {
             confirm_delay_cleared: self.params.confirm_delay_cleared,
         };
         let mut out = Vec::new();
+        // The id lives in the envelope that the read updates.
+        let id = smallvec::SmallVec::<[u8; 32]>::from_slice(m.queue_id().as_bytes());
         qfile::read_batch(
             file.file(),
             file.size(),
             &file.path().to_string_lossy(),
-            &m.queue_id,
+            std::str::from_utf8(&id).unwrap_or("?"),
             &mut m.env,
             limit,
             &opts,
@@ -194,10 +189,10 @@ impl Daemon {
         tracing::debug!(
             "qmgr_message_realloc: {} {} offset {}",
             spool::ACTIVE,
-            m.queue_id,
+            m.queue_id(),
             m.env.rcpt_offset
         );
-        let Some(file) = QueueFile::open(&self.spool, &m.queue_id) else {
+        let Some(file) = QueueFile::open(&self.spool, m.queue_id()) else {
             return false;
         };
         match self.read_recipients(msg, &file) {

@@ -31,7 +31,7 @@ use crate::ipc::flush::Flush;
 use crate::ipc::rewrite::Resolver;
 use crate::ipc::verify::Verify;
 use crate::master::{Flow, TriggerBytes, Watchdog};
-use crate::qfile::{Envelope, Recipient};
+use crate::qfile::{Envelope, Recipient, Text};
 use crate::qmgr::scan::{FeedOrder, ScanQueue};
 use crate::qmgr::{Action, Core, Event, MessageId, ScanFlags, Settings, SideTable, Strategy};
 use crate::spool::{self, DeferredScanner, Next, Scanner, Spool};
@@ -83,10 +83,27 @@ enum Report {
 /// A message in memory: what the shell keeps of it (`QMGR_MESSAGE`'s file
 /// part); the core keeps the scheduling part under the same id.
 struct InCore {
-    queue_id: String,
+    /// The envelope; its texts hold the queue id too.
     env: Envelope,
     /// When the message entered memory: (seconds, microseconds).
     active_arrival: (i64, i64),
+}
+
+impl InCore {
+    /// A message just taken from the queue file `queue_id`, nothing read.
+    fn new(queue_id: &str) -> InCore {
+        let mut env = Envelope::default();
+        env.texts.set(Text::QueueId, queue_id.as_bytes());
+        InCore {
+            env,
+            active_arrival: crate::now_timeval(),
+        }
+    }
+
+    /// The queue id (`message->queue_id`).
+    fn queue_id(&self) -> &str {
+        std::str::from_utf8(self.env.texts.or_empty(Text::QueueId)).unwrap_or("?")
+    }
 }
 
 /// The two scanners, by queue.
@@ -424,7 +441,7 @@ impl Daemon {
                     let line = logging::trace_line(&t, |m| {
                         self.messages
                             .get(m)
-                            .map_or_else(|| "?".into(), |m| m.queue_id.clone())
+                            .map_or_else(|| "?".into(), |m| m.queue_id().to_string())
                     });
                     tracing::debug!("{line}");
                 }

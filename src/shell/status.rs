@@ -150,9 +150,10 @@ impl Daemon {
                 let msg = self
                     .messages
                     .iter()
-                    .find(|(_, m)| m.queue_id == *id)
+                    .find(|(_, m)| m.queue_id() == *id)
                     .map(|(k, _)| k);
-                let queue_id_of = |m: MessageId| self.messages.get(m).map(|m| m.queue_id.clone());
+                let queue_id_of =
+                    |m: MessageId| self.messages.get(m).map(|m| m.queue_id().to_string());
                 let address =
                     |r: &crate::qfile::Recipient| String::from_utf8_lossy(r.address()).into_owned();
                 match msg {
@@ -183,7 +184,7 @@ impl Daemon {
         let of = |m: MessageId| {
             self.messages
                 .get(m)
-                .map(|m| (m.queue_id.clone(), m.env.create_time))
+                .map(|m| (m.queue_id().to_string(), m.env.create_time))
         };
         Backlog::from_snapshot(
             &snap,
