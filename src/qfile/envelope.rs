@@ -277,7 +277,17 @@ impl Texts {
         let room = (u32::MAX as usize).saturating_sub(self.buf.len() - old.len());
         let v = &v[..v.len().min(room)];
         let grow = v.len() as i64 - old.len() as i64;
-        self.buf.splice(old, v.iter().copied());
+        // In place of the old value: the bytes after it move (memmove).
+        let (start, old_end, new_end) = (old.start, old.end, old.start + v.len());
+        if new_end > old_end {
+            let len = self.buf.len();
+            self.buf.resize(len + (new_end - old_end), 0);
+            self.buf.copy_within(old_end..len, new_end);
+        } else if new_end < old_end {
+            self.buf.copy_within(old_end.., new_end);
+            self.buf.truncate(self.buf.len() - (old_end - new_end));
+        }
+        self.buf[start..new_end].copy_from_slice(v);
         for end in &mut self.ends[i..] {
             *end = (i64::from(*end) + grow) as u32;
         }
