@@ -90,8 +90,35 @@ def message_text(subject):
             "A message for rqmgr's bench.\n")
 
 
+QUIET_BUSY = 0.25  # machine busy fraction (of all CPUs) that counts as quiet
+QUIET_MAX = 60  # seconds to wait for quiet at most
+
+
+def wait_quiet(ctx, run):
+    """Waits until the whole machine was at most QUIET_BUSY busy over two
+    consecutive seconds (the previous instance's files being written back
+    or removed, a compiler...), QUIET_MAX seconds at most; says so in the
+    notes when it waited or gave up."""
+    cpus = os.cpu_count() or 1
+    start = time.time()
+    quiet = 0
+    busy = 0.0
+    while quiet < 2 and time.time() - start < QUIET_MAX:
+        b0, t0 = machine_busy_seconds(), time.time()
+        time.sleep(1)
+        busy = (machine_busy_seconds() - b0) / ((time.time() - t0) * cpus)
+        quiet = quiet + 1 if busy <= QUIET_BUSY else 0
+    waited = time.time() - start
+    if quiet < 2:
+        run.notes.append(f"machine still {busy:.0%} busy after {waited:.0f} s of waiting")
+    elif waited > 3:
+        run.notes.append(f"waited {waited:.0f} s for the machine to quiet down")
+
+
 def begin(ctx, inst, run):
-    """Log tail and samplers at the start of a measurement."""
+    """Waits for a quiet machine, then starts the log tail and samplers of
+    a measurement."""
+    wait_quiet(ctx, run)
     log = LogTail(inst.log_path)
     log.skip_to_end()
     run.load = loadavg()
