@@ -1124,6 +1124,7 @@ fn future_incoming_file_waits_for_scan_all(q: Qmgr) {
 /// to start it, for the `unix` service and for the `fifo` one; then mail
 /// still flows.
 fn every_reload_brings_up_a_new_queue_manager(q: Qmgr) {
+    let postfix = q != Qmgr::Rqmgr;
     for opts in [
         Opts::new("reloads", q.clone()),
         Opts::new("reloads-fifo", q).qmgr_fifo(),
@@ -1133,6 +1134,19 @@ fn every_reload_brings_up_a_new_queue_manager(q: Qmgr) {
         for round in 1..=6 {
             let old = inst.qmgr_pids();
             inst.reload();
+            if postfix {
+                // Postfix's qmgr and oqmgr sometimes take master's
+                // post-reload wake-up trigger on their way out (a race of
+                // their own event loop): then no queue manager runs until
+                // master's next wake-up, 300 s on. Once the old one is
+                // gone, ask for the next, as an administrator would.
+                // rqmgr must bring up the next one without this.
+                inst.wait_until(
+                    &format!("the old queue manager to exit after reload {round} (old: {old:?})"),
+                    || inst.qmgr_pids().iter().all(|p| !old.contains(p)),
+                );
+                inst.postkick_qmgr("W");
+            }
             inst.wait_until(
                 &format!("a new queue manager after reload {round} (old: {old:?})"),
                 || {
