@@ -109,6 +109,7 @@ fn killed_agent_is_not_news_about_the_destination(q: Qmgr) {
     inst.wait_until("the killed delivery's message in deferred", || {
         inst.queue_ids("deferred").contains(killed)
     });
+    inst.log_caught_up();
     let lines = inst.log_lines();
     inst.check(
         !lines
@@ -208,6 +209,7 @@ fn wait_deferred(inst: &Instance, id: &str) -> Vec<LogLine> {
     inst.wait_until(&format!("{id} in the deferred queue"), || {
         inst.queue_ids("deferred").iter().any(|i| i == id)
     });
+    inst.log_caught_up();
     inst.lines_for(id)
         .into_iter()
         .filter(|l| l.status() == Some("deferred"))
@@ -673,6 +675,7 @@ fn check_notice_failed(inst: &Instance, id: &str, what: &str, warnings: &[&str])
     inst.wait_until(&format!("{id} in the deferred queue"), || {
         inst.queue_ids("deferred").iter().any(|i| i == id)
     });
+    inst.log_caught_up();
     inst.check(
         !inst.lines_for(id).iter().any(|l| l.is_removed()),
         "the message was not removed",

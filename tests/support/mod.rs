@@ -942,6 +942,17 @@ impl Instance {
         lines.into_iter().filter(|l| pred(l)).collect()
     }
 
+    /// Waits until the maillog holds every line logged before this call:
+    /// postlogd writes datagrams in the order they arrive, so once a
+    /// marker sent now through postlog(1) is in the file, so is every line
+    /// a daemon sent before it (a queue file can reach its new queue
+    /// before postlogd has written the lines its mover logged first).
+    pub fn log_caught_up(&self) {
+        let marker = self.unique_token("log-caught-up");
+        self.postlog("postfix/rqmgrtest", &marker);
+        self.wait_for_line("postlog's marker line in the maillog", |l| l.text == marker);
+    }
+
     /// Waits for `postfix/qmgr[pid]: ID: removed`.
     pub fn wait_removed(&self, id: &str) -> LogLine {
         self.wait_for_line(&format!("qmgr to log `{id}: removed`"), |l| {
