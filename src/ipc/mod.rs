@@ -12,9 +12,13 @@ pub mod flush;
 pub mod rewrite;
 pub mod verify;
 
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, BufReader, Interest, ReadBuf};
 
 /// A delivery status (`global/dsn.h`): what a recipient's delivery attempt
 /// came to, as agents and the bounce service exchange it.
@@ -78,7 +82,101 @@ const PEER_BUFFER: usize = 1024;
 
 /// A connected peer: one socket, read through a buffer.
 pub struct Peer {
-    pub reader: BufReader<UnixStream>,
+    pub reader: BufReader<PeerStream>,
+}
+
+/// A connected local socket, registered with the reactor for reading
+/// only. A request is written at once (the socket buffer holds it); were
+/// the buffer full, the write waits on a second registration that asks
+/// for room. A socket registered for both would wake the process each
+/// time the peer reads a request (an `EPOLLOUT` edge), while it waits for
+/// the reply: one needless wake-up per delivery, resolve and notice.
+pub struct PeerStream {
+    fd: AsyncFd<std::os::unix::net::UnixStream>,
+}
+
+impl PeerStream {
+    /// Registers a connected non-blocking socket.
+    ///
+    /// Errors: the reactor refuses it (no runtime, too many descriptors).
+    pub fn new(stream: std::os::unix::net::UnixStream) -> std::io::Result<PeerStream> {
+        // SAFETY: the stream owns its descriptor, open and unchanged for
+        // the AsyncFd's lifetime.
+        let fd = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }?;
+        Ok(PeerStream { fd })
+    }
+
+    /// A read that never waits: `WouldBlock` when no byte is there.
+    ///
+    /// Errors: the read error, `WouldBlock`.
+    pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&mut self.fd.get_ref()).read(buf)
+    }
+
+    /// A write that never waits, without SIGPIPE: bytes written, or
+    /// `WouldBlock` when the socket buffer is full.
+    ///
+    /// Errors: the write error (EPIPE when the peer is gone), `WouldBlock`.
+    fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: send(2) from a valid buffer on a descriptor we own.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Writes some of `buf` once the socket has room, on a duplicate of
+    /// the descriptor registered for writing (dropped afterwards).
+    ///
+    /// Errors: the write error; `dup` or the registration failing.
+    async fn write_when_room(&self, buf: &[u8]) -> std::io::Result<usize> {
+        let copy = self.fd.get_ref().try_clone()?;
+        // SAFETY: the copy owns its descriptor, open and unchanged for the
+        // AsyncFd's lifetime.
+        let dup = unsafe { AsyncFd::register_with_interest(copy, Interest::WRITABLE) }?;
+        loop {
+            let mut guard = dup.writable().await?;
+            if let Ok(result) = guard.try_io(|_| self.try_write(buf)) {
+                return result;
+            }
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            match (&mut guard.get_inner()).read(unfilled) {
+                Ok(n) => {
+                    // A short read emptied the socket: the next read waits
+                    // for the reactor instead of trying (and failing) first.
+                    if n > 0 && n < room {
+                        guard.clear_ready();
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 impl Peer {
@@ -93,9 +191,12 @@ impl Peer {
         path.push('/');
         path.push_str(service);
         let stream = match connect_now(&path) {
-            Ok(s) => UnixStream::from_std(s),
+            Ok(s) => PeerStream::new(s),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                UnixStream::connect(&path).await
+                match tokio::net::UnixStream::connect(&path).await {
+                    Ok(s) => s.into_std().and_then(PeerStream::new),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -127,14 +228,23 @@ impl Peer {
     ///
     /// Errors: the write error, or ETIMEDOUT ("Connection timed out").
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-        let stream = self.reader.get_mut();
+        let stream = self.reader.get_ref();
         let mut rest = bytes;
         while !rest.is_empty() {
-            match tokio::time::timeout(timeout, stream.write(rest)).await {
-                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => rest = &rest[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(timed_out()),
+            let written = match stream.try_write(rest) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match tokio::time::timeout(timeout, stream.write_when_room(rest)).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(timed_out()),
+                    }
+                }
+                r => r,
+            };
+            match written {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -384,5 +494,69 @@ mod tests {
         );
         let d = Dsn::split("no code here", "5.0.0");
         assert_eq!(d.status, b"5.0.0");
+    }
+
+    /// A connected pair: a peer on one end, a plain blocking socket on
+    /// the other.
+    fn peer_pair() -> (Peer, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let stream = PeerStream::new(ours).unwrap();
+        (
+            Peer {
+                reader: BufReader::with_capacity(PEER_BUFFER, stream),
+            },
+            theirs,
+        )
+    }
+
+    /// A request far larger than the socket buffer arrives whole, in
+    /// order, to a peer that reads it slowly; then the reply is read.
+    #[tokio::test]
+    async fn a_large_request_waits_for_room_and_the_reply_follows() {
+        use std::io::Write;
+        use tokio::io::AsyncBufReadExt;
+        let (mut peer, theirs) = peer_pair();
+        let request: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 65536];
+            while got.len() < 4_000_000 {
+                std::thread::sleep(Duration::from_millis(1));
+                let n = theirs.read(&mut buf).unwrap();
+                assert!(n > 0, "the end before the whole request");
+                got.extend_from_slice(&buf[..n]);
+            }
+            theirs.write_all(b"status\x000\x00\x00").unwrap();
+            got
+        });
+        peer.send(&request, Duration::from_secs(30)).await.unwrap();
+        let mut reply = Vec::new();
+        while reply.len() < 10 {
+            let buf = peer.reader.fill_buf().await.unwrap();
+            assert!(!buf.is_empty(), "the end before the reply");
+            reply.extend_from_slice(buf);
+            let n = buf.len();
+            peer.reader.consume(n);
+        }
+        assert_eq!(reply, b"status\x000\x00\x00");
+        assert!(reader.join().unwrap() == request);
+    }
+
+    /// A peer that never reads: the write that finds no room fails
+    /// after the timeout with ETIMEDOUT; one that hung up fails with EPIPE.
+    #[tokio::test]
+    async fn a_write_to_a_peer_that_never_reads_times_out() {
+        let (mut peer, theirs) = peer_pair();
+        let request = vec![0u8; 4_000_000];
+        let e = peer
+            .send(&request, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        drop(theirs);
+        let e = peer.send(b"x", Duration::from_secs(1)).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
     }
 }

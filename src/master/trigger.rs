@@ -62,14 +62,7 @@ fn read_nonblocking(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 /// reload`, `postfix stop`): the status descriptor reads as EOF. Never
 /// blocks.
 fn master_is_gone() -> bool {
-    let mut pfd = libc::pollfd {
-        fd: super::STATUS_FD,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+    readable_now(super::STATUS_FD)
 }
 
 /// Accepts one connection on the listening socket `fd`, already
@@ -92,17 +85,43 @@ fn accept_nonblocking(fd: RawFd) -> std::io::Result<OwnedFd> {
     }
 }
 
+/// Whether `fd` has bytes (or its end) to read now (`read_wait` with no
+/// wait). Never blocks.
+fn readable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Reads one trigger from a connected non-blocking descriptor: wait up to
-/// 10 s for data, TAKEN, one read, hand over, AVAIL.
+/// 10 s for data (`read_wait`), then [`take_trigger`]. A client has
+/// usually written its bytes before the accept: then no registration
+/// with the reactor and no timer.
 async fn serve_one(fd: OwnedFd, generation: u32, tx: &UnboundedSender<TriggerBytes>) {
+    if readable_now(fd.as_raw_fd()) {
+        take_trigger(fd.as_raw_fd(), generation, tx);
+        return;
+    }
     let Some(afd) = register(fd, tokio::io::Interest::READABLE) else {
         return;
     };
     let ready = tokio::time::timeout(TRIGGER_READ_WAIT, afd.readable()).await;
-    let Ok(Ok(mut guard)) = ready else { return };
+    if let Ok(Ok(_guard)) = ready {
+        take_trigger(afd.as_raw_fd(), generation, tx);
+    }
+}
+
+/// TAKEN, one read of at most 1024 bytes handed over, AVAIL
+/// (`trigger_server_wakeup`); a failed AVAIL means the master is gone.
+fn take_trigger(fd: RawFd, generation: u32, tx: &UnboundedSender<TriggerBytes>) {
     let _ = notify(generation, STAT_TAKEN);
     let mut buf = [0u8; TRIGGER_BUF_SIZE];
-    if let Ok(Ok(n)) = guard.try_io(|fd| read_nonblocking(fd.as_raw_fd(), &mut buf)) {
+    if let Ok(n) = read_nonblocking(fd, &mut buf) {
         let _ = tx.send(TriggerBytes(buf[..n].to_vec()));
     }
     if notify(generation, STAT_AVAIL).is_err() {
