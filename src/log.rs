@@ -243,7 +243,9 @@ pub fn init(setup: &LogSetup) -> Result<(), LogError> {
     // SAFETY: tzset has no preconditions; it reads TZ and /etc/localtime
     // before any chroot so that localtime_r keeps working afterwards.
     unsafe { tzset() };
-    VERBOSE.store(setup.verbose, std::sync::atomic::Ordering::Relaxed);
+    if VERBOSE.swap(setup.verbose, std::sync::atomic::Ordering::Relaxed) != setup.verbose {
+        tracing::callsite::rebuild_interest_cache();
+    }
     let logger = Logger {
         tag: setup.tag.clone(),
         sink,
@@ -474,6 +476,16 @@ impl<S: Subscriber> Layer<S> for PostfixLayer {
     }
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _ctx: Context<'_, S>) -> bool {
         *metadata.level() <= Level::INFO || verbose()
+    }
+    // Without -v, a debug line's macro stops at a static level test and
+    // never reaches the subscriber; [`init`] rebuilds the test when -v
+    // changes.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(if verbose() {
+            tracing::level_filters::LevelFilter::TRACE
+        } else {
+            tracing::level_filters::LevelFilter::INFO
+        })
     }
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let level = *event.metadata().level();
