@@ -19,6 +19,14 @@ def machine_busy_seconds():
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def status_field(status, name):
+    """The number of field `name` in the text of a /proc/PID/status file
+    (kB for VmRSS and VmHWM, a count for the context switches); None if
+    it is not there."""
+    m = re.search(rf"^{name}:\s+(\d+)", status, re.M)
+    return int(m.group(1)) if m else None
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -78,15 +86,15 @@ class QmgrSampler:
                         ns += int(f.read().split()[0])
                     with open(f"/proc/{pid}/task/{tid}/status") as f:
                         t = f.read()
-                    vol += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", t, re.M).group(1))
-                    invol += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", t, re.M).group(1))
+                    vol += status_field(t, "voluntary_ctxt_switches")
+                    invol += status_field(t, "nonvoluntary_ctxt_switches")
                 self.switches[pid] = (vol, invol)
-            except (OSError, ValueError, IndexError, AttributeError):
+            except (OSError, ValueError, IndexError, TypeError):
                 pass
             self.ns[pid] = max(ns, (self.ticks[pid][0] + self.ticks[pid][1]) * 1e9 / CLK_TCK)
-            m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-            if m:
-                self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), int(m.group(1)))
+            hwm = status_field(status, "VmHWM")
+            if hwm is not None:
+                self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
 
     def cpu_seconds(self):
         return sum(self.ns.values()) / 1e9

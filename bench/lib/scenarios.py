@@ -9,7 +9,6 @@ See bench/README.md for what each scenario measures and how.
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -18,7 +17,7 @@ import traceback
 
 import stage
 from measure import (Injector, LogTail, QmgrSampler, loadavg, machine_busy_seconds,
-                     percentile)
+                     percentile, status_field)
 from postfix import POSTKICK, POSTQUEUE, BenchError, Instance
 
 POLL = 0.1  # seconds between samples of the log and of /proc
@@ -519,8 +518,7 @@ def flush(ctx, run, p):
 
 def vm_rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
-        m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else 0
+        return status_field(f.read(), "VmRSS") or 0
 
 
 def memory(ctx, run, p):
