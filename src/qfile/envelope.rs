@@ -77,23 +77,28 @@ impl Recipient {
         &self.text[..self.address_len as usize]
     }
 
+    /// Bytes of `text` the original recipient takes (none when it is the
+    /// address).
+    fn orig_stored(&self) -> usize {
+        if self.orig_len == SAME_AS_ADDRESS {
+            0
+        } else {
+            self.orig_len as usize
+        }
+    }
+
     /// The original recipient (`O` record), or empty.
     pub fn orig_rcpt(&self) -> &[u8] {
         if self.orig_len == SAME_AS_ADDRESS {
             return self.address();
         }
         let start = self.address_len as usize;
-        &self.text[start..start + self.orig_len as usize]
+        &self.text[start..start + self.orig_stored()]
     }
 
     /// DSN ORCPT (`dsn_orig_rcpt`), or empty.
     pub fn dsn_orcpt(&self) -> &[u8] {
-        let orig = if self.orig_len == SAME_AS_ADDRESS {
-            0
-        } else {
-            self.orig_len as usize
-        };
-        &self.text[self.address_len as usize + orig..]
+        &self.text[self.address_len as usize + self.orig_stored()..]
     }
 
     /// Replaces the address (the resolver's rewritten form); the original
