@@ -187,14 +187,11 @@ fn mixed_workload_counts_agree_in_every_tool(q: Qmgr) {
     let inst = Instance::start(Opts::new("tools", q.clone()));
     let from = inst.local_addr("sender");
 
-    // The exporter follows the maillog from its end; a marker line shows
-    // when it does, and its counters then are the baseline.
+    // The exporter follows the maillog from its end; the marker line that
+    // log_caught_up writes shows when it does, and its counters then are
+    // the baseline.
     let exporter = Exporter::start(&inst);
-    let marker_text = inst.unique_token("exporter-follows");
-    inst.postlog("postfix/rqmgrtest", &marker_text);
-    inst.wait_for_line("postlog's marker line in the maillog", |l| {
-        l.text == marker_text
-    });
+    let marker_text = inst.log_caught_up();
     let mut baseline = Metrics::default();
     inst.wait_progress("the exporter to read the marker line", || {
         let m = exporter.metrics()?;

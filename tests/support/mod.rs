@@ -947,10 +947,12 @@ impl Instance {
     /// marker sent now through postlog(1) is in the file, so is every line
     /// a daemon sent before it (a queue file can reach its new queue
     /// before postlogd has written the lines its mover logged first).
-    pub fn log_caught_up(&self) {
+    /// Returns the marker's text (`postfix/rqmgrtest[pid]: TEXT`).
+    pub fn log_caught_up(&self) -> String {
         let marker = self.unique_token("log-caught-up");
         self.postlog("postfix/rqmgrtest", &marker);
         self.wait_for_line("postlog's marker line in the maillog", |l| l.text == marker);
+        marker
     }
 
     /// Waits for `postfix/qmgr[pid]: ID: removed`.
