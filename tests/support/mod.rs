@@ -439,6 +439,11 @@ impl Instance {
     fn write_config(&self) {
         let etc = self.etc();
         let root = self.root.display().to_string();
+        // postlogd_watchdog_timeout: on a loaded CI machine one write of
+        // the maillog once took postlogd over its 10 s default; the
+        // watchdog killed it and master throttled postlog for
+        // service_throttle_time (60 s), so no line reached the maillog
+        // for a minute and the test's wait for one timed out.
         let mut main = format!(
             "# Private Postfix instance for rqmgr's acceptance tests: loopback only.\n\
              compatibility_level = 3.6\n\
@@ -468,7 +473,8 @@ impl Instance {
              mail_spool_directory = {root}/mail\n\
              biff = no\n\
              maillog_file = {root}/log/maillog\n\
-             maillog_file_prefixes = {root}/log\n"
+             maillog_file_prefixes = {root}/log\n\
+             postlogd_watchdog_timeout = 300s\n"
         );
         for (k, v) in &self.opts.main_cf {
             let _ = writeln!(main, "{k} = {v}");
