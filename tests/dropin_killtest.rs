@@ -215,21 +215,7 @@ fn drain_survives_kills_reloads_and_restarts(q: Qmgr) {
         events.iter().filter(|e| e.in_active > 0).count()
     );
 
-    // Files that a new queue manager found locked by an agent still at
-    // work are "skipped, still being delivered" and dated 60 s ahead: kick
-    // IA (ignore time stamps), as `postqueue -f` would, until the queue
-    // is empty.
-    let mut last_kick = Instant::now();
-    inst.wait_progress("the queue to be empty after the events", || {
-        if inst.queue_is_empty() {
-            return Ok(());
-        }
-        if last_kick.elapsed() > Duration::from_secs(1) {
-            inst.postkick_qmgr("IA");
-            last_kick = Instant::now();
-        }
-        Err(format!("{:?}", inst.queue_listing()))
-    });
+    inst.kick_until_empty("the queue to be empty after the events");
 
     // Every message at the sink, complete; duplicates only from requests in
     // flight at an event.

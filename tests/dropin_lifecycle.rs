@@ -15,7 +15,7 @@ mod support;
 
 use std::os::unix::fs::FileTypeExt;
 use std::time::{Duration, Instant, SystemTime};
-use support::{sys, Instance, LogLine, Opts, Qmgr, HOSTNAME};
+use support::{Instance, LogLine, Opts, Qmgr, HOSTNAME};
 
 dropin_tests!(
     fifo_service_delivers_and_wakes_on_flush_and_kick,
@@ -861,11 +861,7 @@ fn qmgr_killed_during_slow_delivery_loses_nothing(q: Qmgr) {
             .all(|(id, _, _)| !inst.lines_for(id).iter().any(|l| l.is_delivery())),
         "the slow deliveries are still in progress at the kill",
     );
-    sys::signal_pid(old, "KILL");
-    inst.wait_until(&format!("qmgr pid {old} to die"), || !sys::pid_alive(old));
-    inst.wait_for_line("the master to log the qmgr killed by signal 9", |l| {
-        l.is_from("master") && l.text.contains(&format!("pid {old} killed by signal 9"))
-    });
+    inst.kill_qmgr(old);
 
     // The delivery agents finish on their own.
     let is_sent = |l: &LogLine, id: &str| {
@@ -884,49 +880,8 @@ fn qmgr_killed_during_slow_delivery_loses_nothing(q: Qmgr) {
     // being delivered" and dated 60 s ahead: kick IA (ignore time stamps)
     // again until the queue is empty.
     inst.postkick_qmgr("I");
-    let mut last_kick = Instant::now();
-    inst.wait_progress("the queue to be empty after the restart", || {
-        if inst.queue_is_empty() {
-            return Ok(());
-        }
-        if last_kick.elapsed() > Duration::from_secs(1) {
-            inst.postkick_qmgr("IA");
-            last_kick = Instant::now();
-        }
-        Err(format!("{:?}", inst.queue_listing()))
-    });
-    for (id, rcpt, token) in &slow_msgs {
-        inst.wait_removed(id);
-        let lines = inst.lines_for(id);
-        let sent: Vec<&LogLine> = lines.iter().filter(|l| l.is_delivery()).collect();
-        inst.check(
-            sent.len() == 1
-                && sent[0].status() == Some("sent")
-                && sent[0].field("to") == Some(&format!("<{rcpt}>")[..]),
-            &format!("{id}: one delivery line, status=sent: {sent:?}"),
-        );
-        let removed: Vec<&LogLine> = lines.iter().filter(|l| l.is_removed()).collect();
-        inst.check(
-            removed.len() == 1 && removed[0].pid != old,
-            &format!("{id}: removed once, by the new qmgr: {removed:?}"),
-        );
-        let copies = slow
-            .messages()
-            .iter()
-            .filter(|m| m.contains(&format!("token: {token}\n")))
-            .count();
-        inst.check(
-            copies == 1,
-            &format!("smtp-sink got {id} ({token}) once, got {copies}"),
-        );
-    }
-    inst.check(
-        slow.message_count() == N,
-        &format!(
-            "smtp-sink saw {N} transactions, saw {}",
-            slow.message_count()
-        ),
-    );
+    inst.kick_until_empty("the queue to be empty after the restart");
+    check_delivered_once_after_kill(&inst, &slow_msgs, old);
     let new = inst.qmgr_pids();
     inst.check(
         new.len() == 1 && new[0] != old,
@@ -967,11 +922,7 @@ fn qmgr_restarted_during_slow_delivery_skips_locked_files(q: Qmgr) {
         .find(|l| l.is_queue_active())
         .unwrap()
         .pid;
-    sys::signal_pid(old, "KILL");
-    inst.wait_until(&format!("qmgr pid {old} to die"), || !sys::pid_alive(old));
-    inst.wait_for_line("the master to log the qmgr killed by signal 9", |l| {
-        l.is_from("master") && l.text.contains(&format!("pid {old} killed by signal 9"))
-    });
+    inst.kill_qmgr(old);
     inst.postkick_qmgr("I");
     let skipped = |l: &LogLine, id: &str| {
         l.is_from("qmgr")
@@ -1021,18 +972,17 @@ fn qmgr_restarted_during_slow_delivery_skips_locked_files(q: Qmgr) {
     }
     std::thread::sleep(Duration::from_millis(300));
     inst.postkick_qmgr("IA");
-    let mut last_kick = Instant::now();
-    inst.wait_progress("the queue to be empty after postkick IA", || {
-        if inst.queue_is_empty() {
-            return Ok(());
-        }
-        if last_kick.elapsed() > Duration::from_secs(1) {
-            inst.postkick_qmgr("IA");
-            last_kick = Instant::now();
-        }
-        Err(format!("{:?}", inst.queue_listing()))
-    });
-    for (id, rcpt, token) in &msgs {
+    inst.kick_until_empty("the queue to be empty after postkick IA");
+    check_delivered_once_after_kill(&inst, &msgs, old);
+}
+
+/// After the kill of queue manager `old`, for each (queue id, recipient,
+/// token) of `msgs`: one delivery line, `status=sent` to the recipient;
+/// one `removed` line, by a queue manager other than `old`; one copy at
+/// the slow sink, which saw no other transaction.
+fn check_delivered_once_after_kill(inst: &Instance, msgs: &[(String, String, String)], old: u32) {
+    let slow = inst.slow_sink.as_ref().unwrap();
+    for (id, rcpt, token) in msgs {
         inst.wait_removed(id);
         let lines = inst.lines_for(id);
         let sent: Vec<&LogLine> = lines.iter().filter(|l| l.is_delivery()).collect();
@@ -1042,9 +992,10 @@ fn qmgr_restarted_during_slow_delivery_skips_locked_files(q: Qmgr) {
                 && sent[0].field("to") == Some(&format!("<{rcpt}>")[..]),
             &format!("{id}: one delivery line, status=sent: {sent:?}"),
         );
+        let removed: Vec<&LogLine> = lines.iter().filter(|l| l.is_removed()).collect();
         inst.check(
-            lines.iter().filter(|l| l.is_removed()).count() == 1,
-            &format!("{id}: removed once"),
+            removed.len() == 1 && removed[0].pid != old,
+            &format!("{id}: removed once, by a new qmgr: {removed:?}"),
         );
         let copies = slow
             .messages()
@@ -1057,9 +1008,10 @@ fn qmgr_restarted_during_slow_delivery_skips_locked_files(q: Qmgr) {
         );
     }
     inst.check(
-        slow.message_count() == N,
+        slow.message_count() == msgs.len(),
         &format!(
-            "smtp-sink saw {N} transactions, saw {}",
+            "smtp-sink saw {} transactions, saw {}",
+            msgs.len(),
             slow.message_count()
         ),
     );

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use rqmgr::config::{conv_time, expand, MainCf, Params};
 use rqmgr::ipc::attr::{parse_int, AttrError, AttrList, AttrWriter, MAX_ATTRS};
 use rqmgr::ipc::bounce::{adhoc_line, format_tv, Stats};
-use rqmgr::ipc::deliver::parse_reply;
+use rqmgr::ipc::deliver::{parse_reply, REPLY_ATTRS};
 use rqmgr::ipc::rewrite::unquote_822_local;
 use rqmgr::ipc::{dsn_valid, Dsn};
 use rqmgr::qfile::{
@@ -674,19 +674,9 @@ fn reply_values() -> impl Strategy<Value = Vec<u8>> {
 
 /// Lists that are often, but not always, one of the replies qmgr expects.
 fn reply_list() -> impl Strategy<Value = AttrList> {
-    let deliver = [
-        "status",
-        "diag_type",
-        "diag_text",
-        "mta_type",
-        "mta_mname",
-        "action",
-        "reason",
-        "status",
-    ];
     prop_oneof![
         prop::collection::vec((reply_names(), reply_values()), 0..10),
-        prop::collection::vec(reply_values(), 8).prop_map(move |vals| deliver
+        prop::collection::vec(reply_values(), 8).prop_map(move |vals| REPLY_ATTRS
             .iter()
             .map(|n| n.as_bytes().to_vec())
             .zip(vals)

@@ -159,20 +159,24 @@ pub struct Reply {
     pub status: i32,
 }
 
+/// The attribute names of a delivery agent's final reply, in order
+/// (`global/deliver_request.c`: `deliver_request_final`).
+pub const REPLY_ATTRS: [&str; 8] = [
+    "status",
+    "diag_type",
+    "diag_text",
+    "mta_type",
+    "mta_mname",
+    "action",
+    "reason",
+    "status",
+];
+
 /// Parses the reply list (`deliver_request_final` / `qmgr_deliver_final_reply`).
 ///
-/// Errors: any deviation from the 8 expected attributes.
+/// Errors: any deviation from the 8 attributes of [`REPLY_ATTRS`].
 pub fn parse_reply(list: &AttrList) -> Result<Reply, AttrError> {
-    let v = list.expect(&[
-        "status",
-        "diag_type",
-        "diag_text",
-        "mta_type",
-        "mta_mname",
-        "action",
-        "reason",
-        "status",
-    ])?;
+    let v = list.expect(&REPLY_ATTRS)?;
     Ok(Reply {
         hop: Dsn {
             status: v[0].to_vec(),

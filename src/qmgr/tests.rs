@@ -1,32 +1,11 @@
 //! Scenario tests of the core in virtual time.
 
 use super::*;
-use crate::config::{FeedbackParam, TransportParams};
+use crate::config::TransportParams;
 use crate::sim::{Destination, Fate, Sim, SimMessage};
 
-pub(crate) fn params() -> TransportParams {
-    TransportParams {
-        dest_concurrency_limit: 20,
-        recipient_limit: 50,
-        init_dest_concurrency: 5,
-        xport_rate_delay: 0,
-        rate_delay: 0,
-        slot_cost: 5,
-        slot_loan: 3,
-        slot_loan_factor: 50,
-        min_slots: 3,
-        rcpt_unused: 20000,
-        rcpt_per_stack: 1000,
-        refill_limit: 100,
-        refill_delay: 5,
-        pos_feedback: FeedbackParam::new("default_destination_concurrency_positive_feedback", "1"),
-        neg_feedback: FeedbackParam::new("default_destination_concurrency_negative_feedback", "1"),
-        fail_cohort_limit: 1,
-    }
-}
-
 pub(crate) fn params_for(name: &str) -> TransportParams {
-    let mut p = params();
+    let mut p = TransportParams::default();
     if name == "local" {
         p.recipient_limit = 1;
         p.dest_concurrency_limit = 2;

@@ -1052,6 +1052,34 @@ impl Instance {
         self.wait_until("the queue to be empty", || self.queue_is_empty());
     }
 
+    /// Waits until the queue is empty, kicking the queue manager with `IA`
+    /// (ignore time stamps, as `postqueue -f`) each second it is not: a
+    /// file that a new queue manager found locked by an agent still at
+    /// work is `skipped, still being delivered` and dated 60 s ahead.
+    pub fn kick_until_empty(&self, what: &str) {
+        let mut last_kick = Instant::now();
+        self.wait_progress(what, || {
+            if self.queue_is_empty() {
+                return Ok(());
+            }
+            if last_kick.elapsed() > Duration::from_secs(1) {
+                self.postkick_qmgr("IA");
+                last_kick = Instant::now();
+            }
+            Err(format!("{:?}", self.queue_listing()))
+        });
+    }
+
+    /// `kill -9` of the queue manager process `pid`; waits until it is
+    /// gone and the master has logged `pid N killed by signal 9`.
+    pub fn kill_qmgr(&self, pid: u32) {
+        sys::signal_pid(pid, "KILL");
+        self.wait_until(&format!("qmgr pid {pid} to die"), || !sys::pid_alive(pid));
+        self.wait_for_line("the master to log the qmgr killed by signal 9", |l| {
+            l.is_from("master") && l.text.contains(&format!("pid {pid} killed by signal 9"))
+        });
+    }
+
     // ---- a full spool (Opts::spool_tmpfs) --------------------------------
 
     /// ROOT/spool/filler: where [`Instance::fill_spool`] puts its files.
