@@ -526,7 +526,11 @@ def memory(ctx, run, p):
     destination takes connections and never answers. The queue manager's
     resident set while idle, and once every message is in memory."""
     n, rcpts = p["n"], p["rcpts"]
-    main = [("qmgr_message_active_limit", str(max(20000, n)))]
+    # oqmgr holds at most qmgr_message_recipient_limit recipients in core
+    # (4 000 messages of 5 at the default): raised so that every queue
+    # manager holds all N messages.
+    main = [("qmgr_message_active_limit", str(max(20000, n))),
+            ("qmgr_message_recipient_limit", str(max(20000, n * rcpts)))]
     with instance(ctx, run, main_cf=main) as inst:
         data = stage.make_template(inst, [f"r{i}@silent.example" for i in range(1, rcpts + 1)],
                                    message_text("memory"))
