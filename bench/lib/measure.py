@@ -19,6 +19,18 @@ def machine_busy_seconds():
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def io_stall_seconds():
+    """Seconds during which some task waited for block I/O, from the
+    kernel's pressure stall information (/proc/pressure/io, "some"
+    total, microseconds); None where the kernel has no PSI."""
+    try:
+        with open("/proc/pressure/io") as f:
+            m = re.search(r"^some .*total=(\d+)", f.read(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) / 1e6 if m else None
+
+
 def status_field(status, name):
     """The number of field `name` in the text of a /proc/PID/status file
     (kB for VmRSS and VmHWM, a count for the context switches); None if

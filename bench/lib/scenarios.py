@@ -16,8 +16,8 @@ import time
 import traceback
 
 import stage
-from measure import (Injector, LogTail, QmgrSampler, loadavg, machine_busy_seconds,
-                     percentile, status_field)
+from measure import (Injector, LogTail, QmgrSampler, io_stall_seconds, loadavg,
+                     machine_busy_seconds, percentile, status_field)
 from postfix import POSTKICK, POSTQUEUE, BenchError, Instance
 
 POLL = 0.1  # seconds between samples of the log and of /proc
@@ -90,26 +90,35 @@ def message_text(subject):
 
 
 QUIET_BUSY = 0.25  # machine busy fraction (of all CPUs) that counts as quiet
+QUIET_IO = 0.05  # fraction of a second with some task stalled on I/O that counts as quiet
 QUIET_MAX = 60  # seconds to wait for quiet at most
 
 
 def wait_quiet(ctx, run):
-    """Waits until the whole machine was at most QUIET_BUSY busy over two
-    consecutive seconds (the previous instance's files being written back
-    or removed, a compiler...), QUIET_MAX seconds at most; says so in the
-    notes when it waited or gave up."""
+    """Writes back every dirty page (sync), then waits until the whole
+    machine was at most QUIET_BUSY busy and stalled on I/O at most QUIET_IO
+    of the time, over two consecutive seconds (the previous instance's
+    files being written back, discarded or removed, a compiler...),
+    QUIET_MAX seconds at most; says so in the notes when it waited or gave
+    up. Without the sync, the staged files of one queue manager's run
+    would be written back during its measurement, whenever the kernel's
+    writeback timer fired."""
     cpus = os.cpu_count() or 1
     start = time.time()
+    os.sync()
     quiet = 0
-    busy = 0.0
+    busy = stall = 0.0
     while quiet < 2 and time.time() - start < QUIET_MAX:
-        b0, t0 = machine_busy_seconds(), time.time()
+        b0, s0, t0 = machine_busy_seconds(), io_stall_seconds(), time.time()
         time.sleep(1)
-        busy = (machine_busy_seconds() - b0) / ((time.time() - t0) * cpus)
-        quiet = quiet + 1 if busy <= QUIET_BUSY else 0
+        s1, dt = io_stall_seconds(), time.time() - t0
+        busy = (machine_busy_seconds() - b0) / (dt * cpus)
+        stall = (s1 - s0) / dt if s0 is not None and s1 is not None else 0.0
+        quiet = quiet + 1 if busy <= QUIET_BUSY and stall <= QUIET_IO else 0
     waited = time.time() - start
     if quiet < 2:
-        run.notes.append(f"machine still {busy:.0%} busy after {waited:.0f} s of waiting")
+        run.notes.append(f"machine still {busy:.0%} busy, {stall:.0%} stalled on I/O "
+                         f"after {waited:.0f} s of waiting")
     elif waited > 3:
         run.notes.append(f"waited {waited:.0f} s for the machine to quiet down")
 
