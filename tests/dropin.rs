@@ -11,6 +11,7 @@
 #[macro_use]
 mod support;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -304,12 +305,17 @@ fn delivers_mail_piled_up_while_qmgr_was_off(q: Qmgr) {
 }
 
 /// Mail a queue manager that died left in the active queue is delivered
-/// once each when the next one starts (`qmgr_move`: back to incoming,
-/// time-stamped now, so that even a file whose time stamp says "not due
-/// for a day" goes at once), with no warning. rqmgr moves the files a
-/// batch at a time while it delivers the first ones; the log, the
-/// deliveries and the queue at the end are the same.
+/// once each when the next one starts, even a file whose time stamp says
+/// "not due for a day", with no warning. Postfix's queue managers move
+/// every file back to incoming first (`qmgr_move`, time-stamped now), and
+/// their incoming scan moves it into active again: inotify on incoming
+/// sees each file arrive there. rqmgr feeds the files where they are (a
+/// deliberate difference, see rqmgr(8): two renames and a `utime` less
+/// per file, and the first delivery at once): not one comes through
+/// incoming. The log, the deliveries and the queue at the end are the
+/// same.
 fn delivers_mail_left_in_active_at_startup(q: Qmgr) {
+    let rqmgr = q == Qmgr::Rqmgr;
     const N: usize = 300;
     let mut inst = Instance::start(
         Opts::new("leftover", q)
@@ -354,8 +360,45 @@ fn delivers_mail_left_in_active_at_startup(q: Qmgr) {
         "every message in active before the queue manager starts",
     );
 
+    let incoming = Inotify::init(InitFlags::IN_NONBLOCK)
+        .unwrap_or_else(|e| inst.fail(&format!("inotify_init: {e}")));
+    incoming
+        .add_watch(
+            &inst.spool().join("incoming"),
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
+        )
+        .unwrap_or_else(|e| inst.fail(&format!("watch incoming: {e}")));
+
     inst.enable_qmgr();
     assert_each_delivered_once(&inst, &from, &sent);
+    let mut through_incoming = BTreeSet::new();
+    while let Ok(events) = incoming.read_events() {
+        if events.is_empty() {
+            break;
+        }
+        through_incoming.extend(
+            events
+                .into_iter()
+                .filter_map(|e| e.name.map(|n| n.to_string_lossy().into_owned())),
+        );
+    }
+    let leftovers = sent
+        .iter()
+        .filter(|(id, _, _)| through_incoming.contains(id))
+        .count();
+    if rqmgr {
+        inst.check(
+            leftovers == 0,
+            &format!(
+                "rqmgr fed the files where they were: {leftovers} of {N} went through incoming"
+            ),
+        );
+    } else {
+        inst.check(
+            leftovers == N,
+            &format!("Postfix moved each file through incoming: {leftovers} of {N} did"),
+        );
+    }
     let warnings: Vec<String> = inst
         .log_lines()
         .iter()

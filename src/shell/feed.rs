@@ -31,6 +31,16 @@ impl Daemon {
                 break;
             }
             last = Some(q);
+            if q == ScanQueue::Incoming {
+                if let Some(id) = self.next_left_in_active() {
+                    produced = true;
+                    if self.feed_left_in_active(&id).await {
+                        fed_incoming = true;
+                        break;
+                    }
+                    continue;
+                }
+            }
             match self.scans.next_id(q) {
                 Next::Id(id) => {
                     produced = true;
@@ -44,7 +54,43 @@ impl Daemon {
             }
         }
         self.feed_order.advance(last, self.core.has_room());
+        // Files left in active wait for their turn: the loop must not sleep.
+        produced |= self.recovery.is_some();
         (produced, fed_incoming)
+    }
+
+    /// The next file left in active at start-up, on every other visit of
+    /// the incoming slot (the other visits go to the incoming scan, so
+    /// that new mail does not wait behind the whole list), or whenever the
+    /// incoming scan has nothing to hand out.
+    fn next_left_in_active(&mut self) -> Option<String> {
+        let recovery = self.recovery.as_mut()?;
+        self.recovery_turn = !self.recovery_turn;
+        if !self.recovery_turn && self.scans.incoming.in_progress() {
+            return None;
+        }
+        let id = recovery.next_id();
+        if recovery.is_done() {
+            self.recovery = None;
+        }
+        id
+    }
+
+    /// Reads one file left in active at start-up into memory where it is,
+    /// as the incoming scan would feed it after `qmgr_move` put it in
+    /// incoming with a time stamp of now: due whatever its time stamp, with
+    /// the incoming scan's flags. Returns true if the message was taken in.
+    async fn feed_left_in_active(&mut self, id: &str) -> bool {
+        let (_, scan_flags) = self.scans.run(ScanQueue::Incoming);
+        tracing::debug!(
+            "qmgr_active_feed: queue {} (left at start-up)",
+            spool::ACTIVE
+        );
+        let Some(meta) = self.spool.open_ok(spool::ACTIVE, id) else {
+            return false;
+        };
+        let (qflags, new_mode) = feed_flags(scan_flags, meta.permissions().mode());
+        self.message_alloc(id, qflags, new_mode, meta.len()).await
     }
 
     /// Moves one queue file into `active` and reads it into memory

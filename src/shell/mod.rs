@@ -183,11 +183,6 @@ impl Scans {
     }
 }
 
-/// Files moved from `active` back to `incoming` per round of the loop at
-/// start-up: about a millisecond of renames, so that delivery of the first
-/// ones starts at once and the loop stays responsive.
-const RECOVERY_BATCH: usize = 100;
-
 /// The running queue manager.
 pub struct Daemon {
     params: Params,
@@ -196,8 +191,11 @@ pub struct Daemon {
     /// Boxed: a table of 560-byte values would hold empty ones too.
     messages: SideTable<MessageId, Box<InCore>>,
     scans: Scans,
-    /// Files left in `active` at start-up, not yet moved to `incoming`.
+    /// Files left in `active` at start-up, not yet fed.
     recovery: Option<spool::ActiveRecovery>,
+    /// Whether the incoming slot of the next feed round goes to
+    /// `recovery` (it takes turns with the incoming scan).
+    recovery_turn: bool,
     feed_order: FeedOrder,
     resolver: Resolver,
     services: Services,
@@ -235,6 +233,7 @@ impl Daemon {
                 tally: [Tally::default(); 2],
             },
             recovery: None,
+            recovery_turn: true,
             feed_order: FeedOrder::default(),
             resolver: Resolver::new(
                 &params.rewrite_service_name,
@@ -279,34 +278,16 @@ impl Daemon {
         self
     }
 
-    /// Startup (`qmgr_post_init`): list what is left in `active` to move
-    /// back to `incoming` (a batch per round of the loop, see
-    /// [`spool::ActiveRecovery`]), then request an incoming and a deferred
-    /// scan.
+    /// Startup (`qmgr_post_init`): list what is left in `active`, to feed
+    /// where it is (see [`spool::ActiveRecovery`]), then request an
+    /// incoming and a deferred scan.
     pub fn start(&mut self) {
-        let recovery = spool::ActiveRecovery::list(crate::now_secs());
+        let recovery = spool::ActiveRecovery::list();
         self.recovery = (!recovery.is_done()).then_some(recovery);
-        self.recover_batch();
         self.scans.incoming.request(ScanFlags::START);
         self.scans
             .deferred
             .request(ScanFlags::START, crate::now_secs());
-    }
-
-    /// Moves the next batch of files left in `active` to `incoming` and asks
-    /// for an incoming scan that will find them. Returns true if files
-    /// remain.
-    fn recover_batch(&mut self) -> bool {
-        let Some(recovery) = &mut self.recovery else {
-            return false;
-        };
-        if recovery.move_batch(&self.spool, RECOVERY_BATCH) > 0 {
-            self.scans.incoming.request(ScanFlags::START);
-        }
-        if recovery.is_done() {
-            self.recovery = None;
-        }
-        self.recovery.is_some()
     }
 
     /// Handles one trigger: the core says what it asks of the scans
@@ -360,7 +341,6 @@ impl Daemon {
             self.carry_out_actions().await;
             // One message per round, as qmgr_loop: feeding faster than the
             // agents deliver would only fill memory.
-            let recovering = self.recover_batch();
             let (produced, fed_incoming) = self.feed_one().await;
             self.carry_out_actions().await;
             if let Some(m) = &self.metrics {
@@ -378,7 +358,7 @@ impl Daemon {
                     self.scans.incoming.in_progress(),
                 );
             }
-            if produced || recovering {
+            if produced {
                 tokio::task::yield_now().await;
                 continue;
             }

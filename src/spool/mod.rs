@@ -268,14 +268,6 @@ impl Spool {
         fs::remove_file(self.path(queue, id))
     }
 
-    /// Sets both access and modification time of `id` in `queue` to `secs`
-    /// (seconds since the epoch), as qmgr's `utime()` calls do.
-    ///
-    /// Errors: the utimensat error.
-    pub fn set_times(&self, queue: &str, id: &str, secs: i64) -> io::Result<()> {
-        set_times(&self.path(queue, id), secs)
-    }
-
     /// Moves `id` from `from` to `to` with qmgr's rule ([`must`]); `what`
     /// gives the text of the warning or fatal line. Returns false if the
     /// file vanished.

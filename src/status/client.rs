@@ -255,7 +255,7 @@ impl Instance {
                 .notes
                 .push("in maildrop: waiting for pickup(8)".into()),
             Place::Active | Place::Unknown => out.notes.push(
-                "in active, but not in the queue manager's memory (being moved, or no rqmgr running)"
+                "in active, but not in the queue manager's memory (left there at start-up and waiting its turn, being moved, or no rqmgr running)"
                     .into(),
             ),
         }
